@@ -1,0 +1,170 @@
+"""MLX generation inside a worker process (the only engine module that imports MLX).
+
+``ModelRunner`` owns one loaded model, its tokenizer, a prompt cache of recent
+prompts and the MLX stream.  ``Generation`` is one request's state: a token
+iterator from mlx-lm's ``stream_generate`` that the worker advances one token
+at a time, so requests interleave and a cancel takes effect within one step.
+
+Every method here must run on the worker's single MLX thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+from mlx_lm import load as mlx_load
+from mlx_lm.generate import GenerationResponse, stream_generate
+from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache, trim_prompt_cache
+from mlx_lm.sample_utils import apply_top_p, make_logits_processors, make_sampler
+
+from engine.protocol import ChatMessage, Delta, Finished, Generate, SamplingParams, Started
+from engine.stops import StopMatcher
+
+
+class PromptTooLong(ValueError):
+    """The prompt (plus max_tokens) does not fit the model's context."""
+
+
+def seeded_sampler(temperature: float, top_p: float, seed: int) -> Callable[[mx.array], mx.array]:
+    """A sampler with its own random key, so a seed reproduces a result even
+    while other requests interleave with this one."""
+    key = mx.random.key(seed)
+
+    def sample(logprobs: mx.array) -> mx.array:
+        nonlocal key
+        key, sub = mx.random.split(key)
+        if 0 < top_p < 1:
+            logprobs = apply_top_p(logprobs, top_p)
+        return mx.random.categorical(logprobs * (1 / temperature), key=sub)
+
+    return sample
+
+
+def make_token_sampler(params: SamplingParams) -> Callable[[mx.array], mx.array]:
+    if params.temperature <= 0:
+        return make_sampler(0.0)
+    if params.seed is not None:
+        return seeded_sampler(params.temperature, params.top_p, params.seed)
+    return make_sampler(params.temperature, top_p=params.top_p if params.top_p < 1 else 0.0)
+
+
+class ModelRunner:
+    """One loaded model and the prompt cache of its recent requests."""
+
+    def __init__(self, model_id: str, model_dir: Path, prompt_cache_size: int) -> None:
+        started = time.perf_counter()
+        self.model_id = model_id
+        self.model, self.tokenizer = mlx_load(str(model_dir))
+        mx.eval(self.model.parameters())
+        self.stream = mx.new_stream(mx.default_device())
+        self.prompt_cache = LRUPromptCache(max_size=prompt_cache_size)
+        config = getattr(self.model, "args", None)
+        self.context_length = int(getattr(config, "max_position_embeddings", 0) or 4096)
+        self.load_seconds = time.perf_counter() - started
+
+    def memory_bytes(self) -> int:
+        return int(mx.get_active_memory())
+
+    def tokenize(self, request: Generate) -> list[int]:
+        if request.messages is not None:
+            return self._chat_tokens(request.messages)
+        assert request.prompt is not None
+        return list(self.tokenizer.encode(request.prompt))
+
+    def _chat_tokens(self, messages: tuple[ChatMessage, ...]) -> list[int]:
+        plain = [{"role": m.role, "content": m.content} for m in messages]
+        if self.tokenizer.has_chat_template:
+            text = self.tokenizer.apply_chat_template(
+                plain, add_generation_prompt=True, tokenize=False
+            )
+            return list(self.tokenizer.encode(text, add_special_tokens=False))
+        joined = "".join(f"{m['role']}: {m['content']}\n" for m in plain) + "assistant: "
+        return list(self.tokenizer.encode(joined))
+
+    def start(self, request: Generate) -> Generation:
+        prompt = self.tokenize(request)
+        if not prompt:
+            raise PromptTooLong("the prompt is empty")
+        if len(prompt) + request.params.max_tokens > self.context_length:
+            raise PromptTooLong(
+                f"the prompt has {len(prompt)} tokens and max_tokens is "
+                f"{request.params.max_tokens}: together more than the model's "
+                f"context of {self.context_length} tokens"
+            )
+        cache, rest = self.prompt_cache.fetch_nearest_cache(self.model_id, prompt)
+        if cache is None:
+            cache, rest = make_prompt_cache(self.model), prompt
+        elif not rest:
+            # An exact hit: the model still needs one token to produce logits.
+            trim_prompt_cache(cache, 1)
+            rest = prompt[-1:]
+        return Generation(self, request, prompt, cache, rest)
+
+    def remember(self, tokens: list[int], cache: list[Any]) -> None:
+        self.prompt_cache.insert_cache(self.model_id, tokens, cache)
+
+
+class Generation:
+    """One request being generated, advanced one token per ``step``."""
+
+    def __init__(
+        self,
+        runner: ModelRunner,
+        request: Generate,
+        prompt: list[int],
+        cache: list[Any],
+        rest: list[int],
+    ) -> None:
+        params = request.params
+        self.runner = runner
+        self.req_id = request.req_id
+        self.prompt = prompt
+        self.cache = cache
+        self.tokens = list(prompt)
+        self.completion_tokens = 0
+        self.stops = StopMatcher(params.stop)
+        self.started = Started(request.req_id, len(prompt), len(prompt) - len(rest))
+        processors = make_logits_processors(
+            logit_bias=dict(params.logit_bias) or None,
+            presence_penalty=params.presence_penalty or None,
+            frequency_penalty=params.frequency_penalty or None,
+        )
+        self._responses: Iterator[GenerationResponse] = stream_generate(
+            runner.model,
+            runner.tokenizer,
+            mx.array(rest),
+            max_tokens=params.max_tokens,
+            sampler=make_token_sampler(params),
+            logits_processors=processors,
+            prompt_cache=cache,
+            stream=runner.stream,
+        )
+
+    def step(self) -> Delta | Finished:
+        """Generate one token; return the text it released, or the end."""
+        response = next(self._responses)
+        self.completion_tokens += 1
+        self.tokens.append(response.token)
+        text = self.stops.feed(response.text)
+        if self.stops.matched is not None:
+            return self.finish("stop", text)
+        if response.finish_reason is not None:
+            return self.finish(response.finish_reason, text + self.stops.flush())
+        return Delta(self.req_id, text, self.completion_tokens)
+
+    def finish(self, reason: str, text: str = "") -> Finished:
+        """End the generation and keep its KV cache for the next prompt that shares it."""
+        self._responses.close()
+        if self.completion_tokens:
+            self.runner.remember(self.tokens, self.cache)
+        return Finished(
+            self.req_id,
+            reason,  # type: ignore[arg-type]
+            len(self.prompt),
+            self.completion_tokens,
+            text,
+        )

@@ -1,0 +1,174 @@
+"""Entry point of a worker process: ``python -m engine.worker_main``.
+
+The worker starts empty (so a spare one can be kept ready with MLX imported),
+receives ``Load``, then serves ``Generate`` and ``Cancel`` until ``Shutdown``
+or the end of its input.
+
+Threads: a reader thread decodes frames from stdin into an inbox; the main
+thread does every MLX call (MLX streams are thread-local) and is the only
+writer of frames.  Between two decode steps the main thread drains the inbox,
+so a cancel stops its generation within one step, and active generations
+advance round-robin, one token each.
+
+The protocol uses the process's original stdout; file descriptor 1 is then
+pointed at stderr so that a stray ``print`` in a library cannot corrupt the
+stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sys
+import threading
+import traceback
+from pathlib import Path
+from typing import BinaryIO
+
+from engine.protocol import (
+    HEADER,
+    Cancel,
+    Delta,
+    Failed,
+    Finished,
+    FromWorker,
+    Generate,
+    Load,
+    Loaded,
+    LoadFailed,
+    Shutdown,
+    frame,
+    frame_length,
+    to_worker_decoder,
+)
+
+log = logging.getLogger("engine.worker")
+
+_EOF = object()
+
+
+def read_frames(source: BinaryIO, inbox: queue.Queue[object]) -> None:
+    """Reader thread: decode frames into the inbox; the end of input means shut down."""
+    try:
+        while True:
+            header = source.read(HEADER.size)
+            if len(header) < HEADER.size:
+                break
+            body = source.read(frame_length(header))
+            inbox.put(to_worker_decoder.decode(body))
+    except Exception:  # a broken pipe or a corrupt frame: stop cleanly
+        log.exception("worker input failed")
+    inbox.put(_EOF)
+
+
+class Worker:
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._inbox: queue.Queue[object] = queue.Queue()
+        self._runner = None  # engine.generation.ModelRunner once loaded
+        self._active: dict[int, object] = {}
+
+    def send(self, message: FromWorker) -> None:
+        self._out.write(frame(message))
+        self._out.flush()
+
+    def run(self, source: BinaryIO) -> None:
+        threading.Thread(
+            target=read_frames, args=(source, self._inbox), name="frames", daemon=True
+        ).start()
+        import engine.generation  # noqa: F401  (import MLX now: a spare worker is warm)
+
+        while True:
+            block = not self._active
+            try:
+                while True:
+                    message = self._inbox.get(block=block)
+                    block = False
+                    if not self._handle(message):
+                        return
+            except queue.Empty:
+                pass
+            self._advance_all()
+
+    def _handle(self, message: object) -> bool:
+        if message is _EOF or isinstance(message, Shutdown):
+            return False
+        if isinstance(message, Load):
+            self._load(message)
+        elif isinstance(message, Generate):
+            self._start(message)
+        elif isinstance(message, Cancel):
+            generation = self._active.pop(message.req_id, None)
+            if generation is not None:
+                self.send(generation.finish("cancelled"))  # type: ignore[attr-defined]
+        return True
+
+    def _load(self, message: Load) -> None:
+        from engine.generation import ModelRunner
+
+        try:
+            runner = ModelRunner(
+                message.model_id, Path(message.model_dir), message.prompt_cache_size
+            )
+        except Exception as exc:
+            log.exception("load of %s failed", message.model_id)
+            self.send(LoadFailed(f"{type(exc).__name__}: {exc}"))
+            return
+        self._runner = runner
+        self.send(
+            Loaded(
+                message.model_id, runner.load_seconds, runner.memory_bytes(), runner.context_length
+            )
+        )
+
+    def _start(self, message: Generate) -> None:
+        from engine.generation import PromptTooLong
+
+        if self._runner is None:
+            self.send(Failed(message.req_id, "internal", "no model is loaded in this worker"))
+            return
+        try:
+            generation = self._runner.start(message)
+        except PromptTooLong as exc:
+            self.send(Failed(message.req_id, "context_length_exceeded", str(exc)))
+            return
+        except Exception as exc:
+            log.exception("request %d could not start", message.req_id)
+            self.send(Failed(message.req_id, "invalid_request", f"{type(exc).__name__}: {exc}"))
+            return
+        self._active[message.req_id] = generation
+        self.send(generation.started)
+
+    def _advance_all(self) -> None:
+        for req_id, generation in list(self._active.items()):
+            try:
+                event = generation.step()  # type: ignore[attr-defined]
+            except Exception as exc:
+                traceback.print_exc()
+                del self._active[req_id]
+                self.send(
+                    Failed(req_id, "internal", f"generation failed: {type(exc).__name__}: {exc}")
+                )
+                continue
+            if isinstance(event, Finished):
+                del self._active[req_id]
+                self.send(event)
+            elif isinstance(event, Delta) and event.text:
+                self.send(event)
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=os.environ.get("GATEWAY_WORKER_LOG_LEVEL", "WARNING"),
+        format="worker[%(process)d] %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    protocol_out = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    Worker(protocol_out).run(sys.stdin.buffer)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""What the HTTP handlers share: settings, the model store and the registry."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from engine.registry import Registry
+from engine.store import ModelSpec, ModelStore
+from gateway.errors import InvalidRequest, ModelNotFound
+from gateway.settings import Settings
+
+# Catalogue ids, aliases and hub repos ("org/name"): letters, digits and ._-:/@ only.
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,255}$")
+
+
+@dataclass(frozen=True)
+class AppContext:
+    settings: Settings
+    store: ModelStore
+    registry: Registry
+
+    def resolve_model(self, name: str) -> ModelSpec:
+        """The catalogue model a request names; 400 for a malformed name, 404 if unknown."""
+        if not MODEL_NAME.match(name) or ".." in name:
+            raise InvalidRequest(f"`{name[:80]}` is not a valid model name.", param="model")
+        spec = self.store.resolve(name)
+        if spec is None:
+            raise ModelNotFound(
+                f"The model `{name}` does not exist or you do not have access to it.",
+                param="model",
+            )
+        return spec

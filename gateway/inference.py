@@ -1,0 +1,144 @@
+"""Run one inference call on a leased model: ``n`` choices, their events merged.
+
+``open_session`` acquires the lease, starts every choice and waits until the
+worker has accepted each prompt, so a refusal (context too long, bad token id)
+is raised before any response byte is sent.  The session then yields text and
+ends of choices in the order the worker produces them.  ``close`` is
+synchronous and idempotent: it cancels what still runs (the worker stops
+within one decode step) and the lease is released when the last choice ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from engine.errors import EngineError
+from engine.protocol import ChatMessage, Delta, Finished, SamplingParams, Started
+from engine.registry import Lease, Registry
+
+
+@dataclass(frozen=True)
+class InferenceCall:
+    model_id: str
+    params: SamplingParams
+    n: int = 1
+    messages: tuple[ChatMessage, ...] | None = None
+    prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class TextOut:
+    index: int
+    text: str
+
+
+@dataclass(frozen=True)
+class ChoiceEnd:
+    index: int
+    finish_reason: str
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class _Failure:
+    error: BaseException
+
+
+class InferenceSession:
+    def __init__(self, registry: Registry, lease: Lease, call: InferenceCall) -> None:
+        self._registry = registry
+        self._lease = lease
+        self._call = call
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._backlog: deque[object] = deque()
+        self._open = call.n
+        self.prompt_tokens = 0
+        self.cached_tokens = 0
+        self.completion_tokens = 0
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._run_choice(i)) for i in range(call.n)]
+        for task in self._tasks:
+            task.add_done_callback(self._choice_done)
+
+    async def _run_choice(self, index: int) -> None:
+        call = self._call
+        try:
+            async for event in self._lease.generate(
+                call.params, messages=call.messages, prompt=call.prompt
+            ):
+                if isinstance(event, Started):
+                    self._queue.put_nowait(event)
+                elif isinstance(event, Delta):
+                    self._queue.put_nowait(TextOut(index, event.text))
+                elif isinstance(event, Finished):
+                    if event.text:
+                        self._queue.put_nowait(TextOut(index, event.text))
+                    self._queue.put_nowait(
+                        ChoiceEnd(index, event.finish_reason, event.completion_tokens)
+                    )
+        except EngineError as exc:
+            self._queue.put_nowait(_Failure(exc))
+
+    def _choice_done(self, task: asyncio.Task[None]) -> None:
+        self._open -= 1
+        if self._open == 0:
+            self._registry.release(self._lease)
+
+    async def _wait_started(self) -> None:
+        started = 0
+        while started < self._call.n:
+            event = await self._queue.get()
+            if isinstance(event, _Failure):
+                raise event.error
+            if isinstance(event, Started):
+                started += 1
+                self.prompt_tokens = event.prompt_tokens
+                self.cached_tokens = event.cached_tokens
+            else:
+                self._backlog.append(event)
+
+    async def events(self) -> AsyncIterator[TextOut | ChoiceEnd]:
+        """Text and choice ends until every choice has ended; engine errors are raised."""
+        remaining = self._call.n
+        while remaining:
+            event = self._backlog.popleft() if self._backlog else await self._queue.get()
+            if isinstance(event, _Failure):
+                raise event.error
+            if isinstance(event, ChoiceEnd):
+                remaining -= 1
+                self.completion_tokens += event.completion_tokens
+            assert isinstance(event, TextOut | ChoiceEnd)
+            yield event
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+
+async def open_session(registry: Registry, call: InferenceCall) -> InferenceSession:
+    """Lease the model and start the call; raises ``EngineError`` before any output."""
+    lease = await registry.acquire(call.model_id)
+    try:
+        session = InferenceSession(registry, lease, call)
+    except BaseException:
+        registry.release(lease)
+        raise
+    try:
+        await session._wait_started()
+    except BaseException:
+        session.close()
+        raise
+    return session
+
+
+@contextlib.asynccontextmanager
+async def session_for(registry: Registry, call: InferenceCall) -> AsyncIterator[InferenceSession]:
+    session = await open_session(registry, call)
+    try:
+        yield session
+    finally:
+        session.close()

@@ -1,0 +1,119 @@
+"""The one place that turns exceptions into OpenAI-shaped error responses.
+
+Engine errors, Litestar's own HTTP exceptions (unknown route, wrong method,
+body too large) and decoding errors all become a ``GatewayError`` first, then
+``{"error": {"message", "type", "param", "code"}}`` with its status.
+Anything unexpected is logged with its traceback and answered as a 500 that
+reveals nothing internal.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TypeVar
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException
+
+from engine.errors import (
+    EngineError,
+    GenerationFailed,
+    ModelLoadFailed,
+    ModelNotReady,
+    WorkerCrashed,
+)
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    MethodNotAllowed,
+    ModelLoading,
+    ModelUnavailable,
+    RequestTooLarge,
+    RouteNotFound,
+)
+from gateway.openai_schema import ErrorBody, ErrorResponse
+
+log = logging.getLogger("gateway")
+
+T = TypeVar("T")
+
+_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+_MISSING = re.compile(r"missing required field `(?P<field>[^`]+)`")
+
+
+def decode_body(body: bytes, type_: type[T]) -> T:
+    """Decode a JSON request body into ``type_`` or raise ``InvalidRequest`` naming the field."""
+    try:
+        return msgspec.json.decode(body, type=type_)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        match = _PATH.search(text)
+        path = match.group("path") if match else ""
+        message = text[: match.start()] if match else text
+        missing = _MISSING.search(message)
+        if missing:
+            path = f"{path}.{missing.group('field')}" if path else missing.group("field")
+        where = f" (at `{path}`)" if path else ""
+        raise InvalidRequest(f"{message}{where}", param=path or None) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(
+            f"The request body is not valid JSON: {exc}", code="invalid_json"
+        ) from None
+
+
+def from_engine(exc: EngineError) -> GatewayError:
+    if isinstance(exc, ModelNotReady):
+        return ModelLoading(str(exc), retry_after=exc.retry_after)
+    if isinstance(exc, ModelLoadFailed):
+        return ModelUnavailable(str(exc), retry_after=5)
+    if isinstance(exc, WorkerCrashed):
+        return ModelUnavailable(
+            f"The model's worker stopped while serving this request ({exc}); retry.",
+            retry_after=1,
+        )
+    if isinstance(exc, GenerationFailed):
+        if exc.code == "context_length_exceeded":
+            return InvalidRequest(str(exc), param="messages", code="context_length_exceeded")
+        if exc.code == "invalid_request":
+            return InvalidRequest(str(exc))
+    return GatewayError("The model failed to generate a response.")
+
+
+def to_gateway_error(exc: Exception) -> GatewayError:
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, EngineError):
+        return from_engine(exc)
+    if isinstance(exc, HTTPException):
+        if exc.status_code == 404:
+            return RouteNotFound("No such route.")
+        if exc.status_code == 405:
+            return MethodNotAllowed("Method not allowed for this route.")
+        if exc.status_code == 413:
+            return RequestTooLarge("The request body is larger than the gateway accepts.")
+        if 400 <= exc.status_code < 500:
+            error = InvalidRequest(str(exc.detail))
+            error.status = exc.status_code
+            return error
+    log.exception("unhandled error", exc_info=exc)
+    return GatewayError("Internal error.")
+
+
+def error_body(error: GatewayError) -> ErrorResponse:
+    return ErrorResponse(ErrorBody(error.message, error.type, error.param, error.code))
+
+
+def error_response(error: GatewayError) -> Response[bytes]:
+    return Response(
+        content=msgspec.json.encode(error_body(error)),
+        status_code=error.status,
+        media_type="application/json",
+        headers=error.headers(),
+    )
+
+
+def handle_exception(_: Request, exc: Exception) -> Response[bytes]:
+    """Litestar exception handler for every route."""
+    return error_response(to_gateway_error(exc))

@@ -1,0 +1,40 @@
+"""``GET /v1/models`` and ``GET /v1/models/{id}`` with the gateway's extensions."""
+
+from __future__ import annotations
+
+from litestar import Request, get
+
+from engine.registry import ModelState
+from engine.store import ModelSpec
+from gateway.context import AppContext
+from gateway.openai_schema import ModelCard, ModelList
+
+
+def card(ctx: AppContext, spec: ModelSpec) -> ModelCard:
+    status = ctx.registry.status(spec.id)
+    if status.state in (ModelState.READY, ModelState.LOADING):
+        state = status.state.value
+    else:
+        state = "on_disk" if spec.on_disk else "absent"
+    return ModelCard(
+        id=spec.id,
+        created=spec.created,
+        owned_by=spec.owned_by,
+        state=state,
+        size_bytes=spec.size_bytes(),
+        memory_bytes=status.memory_bytes,
+        context_length=spec.context_length(),
+        aliases=list(spec.aliases),
+    )
+
+
+@get("/v1/models")
+async def list_models(request: Request) -> ModelList:
+    ctx: AppContext = request.app.state.ctx
+    return ModelList([card(ctx, spec) for spec in ctx.store.all()])
+
+
+@get("/v1/models/{model_id:path}")
+async def retrieve_model(request: Request, model_id: str) -> ModelCard:
+    ctx: AppContext = request.app.state.ctx
+    return card(ctx, ctx.resolve_model(model_id.lstrip("/")))

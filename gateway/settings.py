@@ -1,0 +1,195 @@
+"""One frozen, validated settings object from ``gateway.toml``, the environment and flags.
+
+Precedence, lowest first: built-in defaults, the TOML file (``--config`` or
+``GATEWAY_CONFIG``), ``GATEWAY_*`` environment variables, command-line flags.
+Environment names are ``GATEWAY_<FIELD>`` for top-level fields and
+``GATEWAY_<SECTION>_<FIELD>`` for the others (``GATEWAY_SERVER_PORT=9000``).
+Every field carries a one-line description; ``docs/configuration.md`` mirrors
+them and a test keeps the two in step.  Invalid input raises ``SettingsError``
+naming the field.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+ENV_PREFIX = "GATEWAY_"
+CONFIG_ENV = "GATEWAY_CONFIG"
+
+
+def _doc(text: str, **constraints: Any) -> Meta:
+    return Meta(description=text, **constraints)
+
+
+class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    host: Annotated[
+        str, _doc("Address to bind. Loopback by default; set 0.0.0.0 only behind auth.")
+    ] = "127.0.0.1"
+    port: Annotated[int, _doc("TCP port to listen on.", ge=1, le=65535)] = 8080
+    max_body_bytes: Annotated[
+        int, _doc("Largest request body accepted; larger ones get 413.", ge=1024)
+    ] = 4 * 1024 * 1024
+    log_level: Annotated[
+        Literal["debug", "info", "warning", "error"], _doc("Log level of the gateway process.")
+    ] = "info"
+
+
+class ModelsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    dir: Annotated[
+        str, _doc("Directory of MLX model directories; empty means <data_dir>/models.")
+    ] = ""
+    default: Annotated[str, _doc("Catalogue id that the alias `default` and /ready refer to.")] = (
+        "smollm2-135m-instruct"
+    )
+    preload_default: Annotated[
+        bool, _doc("Load the default model at start instead of on the first request.")
+    ] = True
+
+
+class EngineSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    load_wait: Annotated[
+        float, _doc("Seconds a request waits for its model to load before 503.", gt=0)
+    ] = 30.0
+    default_max_tokens: Annotated[int, _doc("max_tokens used when a request gives none.", ge=1)] = (
+        1024
+    )
+    max_tokens_limit: Annotated[
+        int, _doc("Largest max_tokens a request may ask for; more is a 400.", ge=1)
+    ] = 32768
+    max_choices: Annotated[int, _doc("Largest `n` (choices per request) accepted.", ge=1)] = 4
+    prompt_cache_size: Annotated[
+        int, _doc("Recent prompts whose KV cache each worker keeps for reuse.", ge=0)
+    ] = 8
+    stop_timeout: Annotated[
+        float, _doc("Seconds a worker gets to exit on shutdown before it is killed.", gt=0)
+    ] = 5.0
+
+
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    data_dir: Annotated[str, _doc("Where the gateway keeps its models, caches and database.")] = (
+        "~/.local/share/mlx-gateway"
+    )
+    server: ServerSettings = ServerSettings()
+    models: ModelsSettings = ModelsSettings()
+    engine: EngineSettings = EngineSettings()
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+    @property
+    def models_path(self) -> Path:
+        return Path(self.models.dir).expanduser() if self.models.dir else self.data_path / "models"
+
+
+SECTIONS: dict[str, type[msgspec.Struct]] = {
+    "server": ServerSettings,
+    "models": ModelsSettings,
+    "engine": EngineSettings,
+}
+
+
+class SettingsError(ValueError):
+    """Invalid configuration; the message names the field."""
+
+
+def field_docs() -> dict[str, str]:
+    """Every setting as ``section.field`` (or ``field``) with its description."""
+    docs: dict[str, str] = {}
+    for prefix, struct in [("", Settings), *((f"{k}.", v) for k, v in SECTIONS.items())]:
+        info = msgspec.inspect.type_info(struct)
+        assert isinstance(info, msgspec.inspect.StructType)
+        for field in info.fields:
+            if field.name in SECTIONS and not prefix:
+                continue
+            meta = [c for c in _constraints(field.type) if c]
+            docs[prefix + field.name] = meta[0] if meta else ""
+    return docs
+
+
+def _constraints(t: msgspec.inspect.Type) -> list[str]:
+    extra = getattr(t, "extra_json_schema", None)
+    return [extra.get("description", "")] if extra else []
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    section, _, field = dotted.rpartition(".")
+    target = tree.setdefault(section, {}) if section else tree
+    if not isinstance(target, dict):
+        raise SettingsError(f"{section}: expected a table")
+    target[field] = value
+
+
+def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    known = field_docs()
+    tree: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        dotted = key if key in known else key.replace("_", ".", 1)
+        if dotted not in known:
+            raise SettingsError(f"{name}: no such setting (see docs/configuration.md)")
+        _set(tree, dotted, value)
+    return tree
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(
+    config_path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings: defaults < TOML file < environment < ``overrides``.
+
+    ``overrides`` maps dotted names (``server.port``) to values, as flags give them.
+    """
+    environ = os.environ if environ is None else environ
+    path = config_path or environ.get(CONFIG_ENV)
+    tree: dict[str, Any] = {}
+    if path:
+        try:
+            tree = tomllib.loads(Path(path).expanduser().read_text())
+        except FileNotFoundError as exc:
+            raise SettingsError(f"config file {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config file {path}: {exc}") from exc
+    tree = _merge(tree, _from_environ(environ))
+    flags: dict[str, Any] = {}
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set(flags, dotted, value)
+    tree = _merge(tree, flags)
+    try:
+        settings = msgspec.convert(tree, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(_describe(exc)) from exc
+    if settings.engine.default_max_tokens > settings.engine.max_tokens_limit:
+        raise SettingsError("engine.default_max_tokens: must not exceed engine.max_tokens_limit")
+    return settings
+
+
+def _describe(exc: msgspec.ValidationError) -> str:
+    """Turn msgspec's "... - at `$.server.port`" into "server.port: ..."."""
+    text = str(exc)
+    message, sep, where = text.rpartition(" - at `$.")
+    if not sep:
+        return text
+    return f"{where.rstrip('`')}: {message}"
