@@ -25,7 +25,11 @@ from engine.protocol import ChatMessage, Delta, Finished, Generate, SamplingPara
 from engine.stops import StopMatcher
 
 
-class PromptTooLong(ValueError):
+class InvalidGeneration(ValueError):
+    """The request cannot run on this model (the message says why)."""
+
+
+class PromptTooLong(InvalidGeneration):
     """The prompt (plus max_tokens) does not fit the model's context."""
 
 
@@ -64,6 +68,7 @@ class ModelRunner:
         self.prompt_cache = LRUPromptCache(max_size=prompt_cache_size)
         config = getattr(self.model, "args", None)
         self.context_length = int(getattr(config, "max_position_embeddings", 0) or 4096)
+        self.vocab_size = int(getattr(config, "vocab_size", 0) or len(self.tokenizer.vocab))
         self.load_seconds = time.perf_counter() - started
 
     def memory_bytes(self) -> int:
@@ -86,6 +91,12 @@ class ModelRunner:
         return list(self.tokenizer.encode(joined))
 
     def start(self, request: Generate) -> Generation:
+        outside = [t for t in request.params.logit_bias if not 0 <= t < self.vocab_size]
+        if outside:
+            raise InvalidGeneration(
+                f"logit_bias names token {outside[0]}, outside the vocabulary of "
+                f"{self.vocab_size} tokens"
+            )
         prompt = self.tokenize(request)
         if not prompt:
             raise PromptTooLong("the prompt is empty")

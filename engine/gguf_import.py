@@ -98,8 +98,9 @@ def _check_tensor_types(path: Path) -> None:
     bad = {name: kind for name, kind in types.items() if kind not in SUPPORTED_TYPES}
     if bad:
         example = next(iter(bad))
+        kinds = ", ".join(sorted(set(bad.values())))
         raise GGUFImportError(
-            f"{path.name} uses tensor types MLX cannot load: {', '.join(sorted(set(bad.values())))} "
+            f"{path.name} uses tensor types MLX cannot load: {kinds} "
             f"(e.g. {example} is {bad[example]}); supported: {', '.join(sorted(SUPPORTED_TYPES))}. "
             "Use a Q8_0/Q4_0/Q4_1/F16 GGUF, or convert the original weights with mlx_lm.convert."
         )
@@ -254,10 +255,9 @@ def _convert(gguf_path: Path) -> tuple[dict[str, mx.array], dict[str, Any], dict
     if (quantization := _quantization(weights)) is not None:
         config["quantization"] = quantization
         config["quantization_config"] = quantization
-    if config["num_hidden_layers"] and f"model.layers.{config['num_hidden_layers'] - 1}." not in (
-        " ".join(weights)
-    ):
-        raise GGUFImportError("GGUF has fewer layers than llama.block_count says")
+    layers = {int(m[1]) for n in weights if (m := re.match(r"model\.layers\.(\d+)\.", n))}
+    if layers != set(range(config["num_hidden_layers"])):
+        raise GGUFImportError("the blk.N tensors do not match llama.block_count")
     return weights, config, meta
 
 
@@ -281,18 +281,16 @@ def import_gguf(gguf_path: Path, out_dir: Path, *, name: str | None = None) -> P
     partial = out_dir.parent / f".{out_dir.name}.partial-{secrets.token_hex(4)}"
     partial.mkdir()
     try:
-        write_tokenizer_files(meta, partial, max_length=config["max_position_embeddings"])
+        try:
+            write_tokenizer_files(meta, partial, max_length=config["max_position_embeddings"])
+        except TokenizerImportError as e:
+            raise GGUFImportError(f"cannot rebuild the tokenizer: {e}") from e
         mx.save_safetensors(str(partial / "model.safetensors"), weights, metadata={"format": "mlx"})
         (partial / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        os.replace(partial, out_dir)
-    except TokenizerImportError as e:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise GGUFImportError(f"cannot rebuild the tokenizer: {e}") from e
-    except OSError as e:
-        shutil.rmtree(partial, ignore_errors=True)
-        if out_dir.exists():
-            raise GGUFImportError(f"{out_dir} appeared while converting: {e}") from e
-        raise
+        try:
+            os.replace(partial, out_dir)
+        except OSError as e:
+            raise GGUFImportError(f"cannot move the model into {out_dir}: {e}") from e
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

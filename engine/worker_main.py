@@ -123,7 +123,7 @@ class Worker:
         )
 
     def _start(self, message: Generate) -> None:
-        from engine.generation import PromptTooLong
+        from engine.generation import InvalidGeneration, PromptTooLong
 
         if self._runner is None:
             self.send(Failed(message.req_id, "internal", "no model is loaded in this worker"))
@@ -132,6 +132,9 @@ class Worker:
             generation = self._runner.start(message)
         except PromptTooLong as exc:
             self.send(Failed(message.req_id, "context_length_exceeded", str(exc)))
+            return
+        except InvalidGeneration as exc:
+            self.send(Failed(message.req_id, "invalid_request", str(exc)))
             return
         except Exception as exc:
             log.exception("request %d could not start", message.req_id)

@@ -50,7 +50,7 @@ def decode_body(body: bytes, type_: type[T]) -> T:
     except msgspec.ValidationError as exc:
         text = str(exc)
         match = _PATH.search(text)
-        path = match.group("path") if match else ""
+        path = match.group("path").replace("[...]", "") if match else ""
         message = text[: match.start()] if match else text
         missing = _MISSING.search(message)
         if missing:

@@ -22,6 +22,7 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 def write_tokenizer(out: Path) -> int:
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
     symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {tok: i for i, tok in enumerate(SPECIALS + symbols)}
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))

@@ -1,0 +1,58 @@
+"""Shared fixtures: the bundled model, tiny random models and real gateway servers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.server import REPO, GatewayServer
+
+CACHE = Path(os.environ.get("GATEWAY_TEST_CACHE", REPO / ".cache"))
+
+
+@pytest.fixture(scope="session")
+def bundled_models_dir() -> Path:
+    """A models directory holding the converted bundled model (made once, then cached)."""
+    from engine.bundled import ensure_bundled_model
+
+    models = CACHE / "models"
+    ensure_bundled_model(models, CACHE / "downloads")
+    return models
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models directory with two tiny random-weight models, ``tiny-a`` and ``tiny-b``."""
+    models = tmp_path_factory.mktemp("tiny-models")
+    for seed, name in enumerate(["tiny-a", "tiny-b"]):
+        subprocess.run(
+            [sys.executable, "-m", "tests.support.tiny_model", str(models / name), str(seed)],
+            check=True,
+            cwd=REPO,
+        )
+    return models
+
+
+@pytest.fixture(scope="module")
+def bundled_server(
+    bundled_models_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayServer]:
+    server = GatewayServer(
+        bundled_models_dir, tmp_path_factory.mktemp("data"), default_model="smollm2-135m-instruct"
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def tiny_server(
+    tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayServer]:
+    server = GatewayServer(tiny_models_dir, tmp_path_factory.mktemp("data"), default_model="tiny-a")
+    yield server
+    server.stop()
