@@ -67,7 +67,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from multiprocessing.connection import Connection
@@ -289,10 +289,8 @@ def descendants(pid: int) -> list[tuple[int, str]]:
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
+    with suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def stop_process(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
@@ -314,7 +312,9 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def wait_ready(name: str, proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float) -> None:
+def wait_ready(
+    name: str, proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float
+) -> None:
     """Poll ``url`` until it answers 200; fail with the log tail if the process exits first."""
     import httpx
 
@@ -720,6 +720,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted; servers stopped", file=sys.stderr)
+        return 130
     print_report(summary, args, model_dir)
     print(f"\n(wall time {time.time() - started:.0f} s)")
     if args.json:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import openai
 import pytest
 
 from tests.support.server import REPO, GatewayServer
@@ -56,3 +57,20 @@ def tiny_server(
     server = GatewayServer(tiny_models_dir, tmp_path_factory.mktemp("data"), default_model="tiny-a")
     yield server
     server.stop()
+
+
+@pytest.fixture
+def make_client() -> Iterator[Callable[..., openai.OpenAI]]:
+    """OpenAI SDK clients pointed at a test server, closed after the test."""
+    clients: list[openai.OpenAI] = []
+
+    def make(server: GatewayServer, *, retries: int = 0) -> openai.OpenAI:
+        client = openai.OpenAI(
+            base_url=server.base_url + "/v1", api_key="unused", max_retries=retries
+        )
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()

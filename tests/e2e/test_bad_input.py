@@ -300,14 +300,14 @@ def test_bad_request_gets_openai_error_shape_and_right_status(
         assert error["param"] == param
 
 
-def test_bad_requests_leave_the_server_serving(tiny_server):
-    client = openai.OpenAI(base_url=tiny_server.base_url + "/v1", api_key="unused")
+def test_bad_requests_leave_the_server_serving(tiny_server, make_client):
+    client = make_client(tiny_server)
     reply = client.chat.completions.create(model="tiny-a", messages=HELLO, max_tokens=3)
     assert reply.choices[0].finish_reason in ("stop", "length")
 
 
-def test_sdk_raises_matching_exception_classes(tiny_server):
-    client = openai.OpenAI(base_url=tiny_server.base_url + "/v1", api_key="unused", max_retries=0)
+def test_sdk_raises_matching_exception_classes(tiny_server, make_client):
+    client = make_client(tiny_server)
     with pytest.raises(openai.NotFoundError) as missing:
         client.chat.completions.create(model="ghost", messages=HELLO)
     assert missing.value.code == "model_not_found"

@@ -34,11 +34,7 @@ def busy_cpu(pid: int, window: float = 1.0) -> float:
     return cpu_seconds(pid) - before
 
 
-def client(server, retries: int = 0) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=retries)
-
-
-def test_client_disconnect_mid_stream_stops_generation_in_the_worker(tiny_server):
+def test_client_disconnect_mid_stream_stops_generation_in_the_worker(tiny_server, make_client):
     worker = worker_of(tiny_server)
     body = {
         "model": "tiny-a",
@@ -55,15 +51,15 @@ def test_client_disconnect_mid_stream_stops_generation_in_the_worker(tiny_server
     # The generation would keep a core busy for seconds; after the disconnect it must stop.
     time.sleep(0.3)
     assert busy_cpu(worker) < 0.3
-    reply = client(tiny_server).chat.completions.create(
+    reply = make_client(tiny_server).chat.completions.create(
         model="tiny-a", messages=HELLO, max_tokens=4
     )
     assert reply.usage.completion_tokens >= 1
 
 
-def test_sdk_closing_a_stream_early_frees_the_worker(tiny_server):
+def test_sdk_closing_a_stream_early_frees_the_worker(tiny_server, make_client):
     worker = worker_of(tiny_server)
-    stream = client(tiny_server).chat.completions.create(
+    stream = make_client(tiny_server).chat.completions.create(
         model="tiny-a", messages=HELLO, max_tokens=LONG, logit_bias=NO_EOS, stream=True
     )
     for i, _ in enumerate(stream):
@@ -74,11 +70,13 @@ def test_sdk_closing_a_stream_early_frees_the_worker(tiny_server):
     assert busy_cpu(worker) < 0.3
 
 
-def test_concurrent_streams_are_interleaved_and_both_complete(tiny_server):
+def test_concurrent_streams_are_interleaved_and_both_complete(tiny_server, make_client):
     results: dict[int, tuple[str, int]] = {}
 
+    sdk = make_client(tiny_server)
+
     def run(i: int) -> None:
-        stream = client(tiny_server).chat.completions.create(
+        stream = sdk.chat.completions.create(
             model="tiny-a",
             messages=[{"role": "user", "content": f"request {i}"}],
             max_tokens=200,
@@ -104,19 +102,19 @@ def test_concurrent_streams_are_interleaved_and_both_complete(tiny_server):
         assert usage and usage >= 1
 
 
-def test_killed_worker_ends_stream_with_error_and_gateway_keeps_serving(tiny_server):
+def test_killed_worker_ends_stream_with_error_and_gateway_keeps_serving(tiny_server, make_client):
     worker = worker_of(tiny_server)
-    stream = client(tiny_server).chat.completions.create(
+    stream = make_client(tiny_server).chat.completions.create(
         model="tiny-a", messages=HELLO, max_tokens=LONG, logit_bias=NO_EOS, stream=True
     )
-    with pytest.raises(openai.APIError) as failure:
+    with stream, pytest.raises(openai.APIError) as failure:
         for i, _ in enumerate(stream):
             if i == 3:
                 os.kill(worker, signal.SIGKILL)
     assert "worker" in str(failure.value.message)
     # Not ready until the model is loaded again; the next request reloads it.
     assert httpx.get(tiny_server.base_url + "/ready").status_code == 503
-    reply = client(tiny_server).chat.completions.create(
+    reply = make_client(tiny_server).chat.completions.create(
         model="tiny-a", messages=HELLO, max_tokens=4
     )
     assert reply.choices[0].finish_reason in ("stop", "length")
@@ -124,17 +122,17 @@ def test_killed_worker_ends_stream_with_error_and_gateway_keeps_serving(tiny_ser
     assert httpx.get(tiny_server.base_url + "/ready").status_code == 200
 
 
-def test_killed_worker_fails_a_non_streaming_request_with_503(tiny_server):
+def test_killed_worker_fails_a_non_streaming_request_with_503(tiny_server, make_client):
     worker = worker_of(tiny_server)
     timer = threading.Timer(0.5, os.kill, args=(worker, signal.SIGKILL))
     timer.start()
     with pytest.raises(openai.InternalServerError) as failure:
-        client(tiny_server).chat.completions.create(
+        make_client(tiny_server).chat.completions.create(
             model="tiny-a", messages=HELLO, max_tokens=LONG, logit_bias=NO_EOS
         )
     timer.join()
     assert failure.value.status_code == 503
     assert failure.value.code == "model_unavailable"
     assert failure.value.response.headers["retry-after"] == "1"
-    reply = client(tiny_server).completions.create(model="tiny-a", prompt="x", max_tokens=3)
+    reply = make_client(tiny_server).completions.create(model="tiny-a", prompt="x", max_tokens=3)
     assert reply.choices[0].text is not None
