@@ -115,6 +115,7 @@ class Sample:
     prompt_tokens: int | None
     total_s: float
     text: str
+    content_chunks: int  # streamed pieces of text (direct: generated tokens)
     mlx_generation_tps: float | None = None  # direct only: mlx-lm's own figure
 
 
@@ -134,7 +135,8 @@ def direct_worker(model_dir: str, conn: Connection) -> None:
         from mlx_lm import load
         from mlx_lm.sample_utils import make_sampler
 
-        model, tokenizer = load(model_dir)
+        loaded = load(model_dir)
+        model, tokenizer = loaded[0], loaded[1]
         sampler = make_sampler(temp=0.0)
         conn.send({"ready": True})
     except Exception:
@@ -174,6 +176,7 @@ def direct_generate(
         "prompt_tokens": len(ids),
         "total_s": end - start,
         "text": "".join(pieces),
+        "content_chunks": len(stamps),
         "mlx_generation_tps": last.generation_tps if last is not None else None,
     }
 
@@ -191,34 +194,29 @@ class DirectRunner:
         self.proc.start()
         child_conn.close()
 
-    def call(self, message: Any) -> dict[str, Any]:
-        self.conn.send(message)
+    def receive(self, waiting_for: str) -> dict[str, Any]:
         if not self.conn.poll(self.timeout):
-            raise BenchError(f"direct: no answer within {self.timeout:.0f} s")
+            raise BenchError(f"direct: no {waiting_for} within {self.timeout:.0f} s")
         try:
             reply: dict[str, Any] = self.conn.recv()
         except EOFError as exc:
+            self.proc.join(1)
             raise BenchError(f"direct: worker died (exit code {self.proc.exitcode})") from exc
         if "error" in reply:
-            raise BenchError(f"direct: worker failed:\n{reply['error']}")
+            raise BenchError(f"direct: {waiting_for} failed:\n{reply['error']}")
         return reply
 
     def wait_ready(self) -> None:
-        if not self.conn.poll(self.timeout):
-            raise BenchError(f"direct: model not loaded within {self.timeout:.0f} s")
-        reply = self.conn.recv()
-        if "error" in reply:
-            raise BenchError(f"direct: loading the model failed:\n{reply['error']}")
+        self.receive("model load")
 
     def generate(self, prompt: str, max_tokens: int) -> dict[str, Any]:
-        return self.call((prompt, max_tokens))
+        self.conn.send((prompt, max_tokens))
+        return self.receive("generation")
 
     def close(self) -> None:
-        try:
+        with suppress(OSError):
             if self.proc.is_alive():
                 self.conn.send(None)
-        except OSError:
-            pass
         self.proc.join(5)
         if self.proc.is_alive():
             self.proc.terminate()
@@ -459,6 +457,7 @@ def stream_chat(endpoint: Endpoint, prompt: str, max_tokens: int) -> dict[str, A
         "prompt_tokens": usage.prompt_tokens if usage is not None else None,
         "total_s": end - start,
         "text": "".join(pieces),
+        "content_chunks": chunks,
     }
 
 

@@ -11,7 +11,7 @@ Every method here must run on the worker's single MLX thread.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,8 @@ class ModelRunner:
     def __init__(self, model_id: str, model_dir: Path, prompt_cache_size: int) -> None:
         started = time.perf_counter()
         self.model_id = model_id
-        self.model, self.tokenizer = mlx_load(str(model_dir))
+        loaded = mlx_load(str(model_dir))
+        self.model, self.tokenizer = loaded[0], loaded[1]
         mx.eval(self.model.parameters())
         self.stream = mx.new_stream(mx.default_device())
         self.prompt_cache = LRUPromptCache(max_size=prompt_cache_size)
@@ -144,7 +145,7 @@ class Generation:
             presence_penalty=params.presence_penalty or None,
             frequency_penalty=params.frequency_penalty or None,
         )
-        self._responses: Iterator[GenerationResponse] = stream_generate(
+        self._responses: Generator[GenerationResponse, None, None] = stream_generate(
             runner.model,
             runner.tokenizer,
             mx.array(rest),

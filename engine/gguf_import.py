@@ -184,7 +184,21 @@ def _quantization(weights: dict[str, mx.array]) -> dict[str, Any] | None:
     return config
 
 
-def _convert(gguf_path: Path) -> tuple[dict[str, mx.array], dict[str, Any], dict[str, Any]]:
+def _float_dtype(name: str | None, quantized: bool, embed_dtype: mx.Dtype) -> mx.Dtype:
+    """The one float dtype of the converted model (norms, scales and biases included)."""
+    if name is not None:
+        return {"float16": mx.float16, "float32": mx.float32}[name]
+    if mx.default_device() == mx.cpu:
+        # MLX's CPU backend runs float16 (quantized) matmuls ~40x slower than float32, and
+        # SmolLM2 in float16 there answers gibberish: convert for the machine that serves.
+        return mx.float32
+    # As mlx_lm.convert writes: float16 beside quantized weights, F32 files stay F32.
+    return mx.float16 if quantized or embed_dtype != mx.float32 else mx.float32
+
+
+def _convert(
+    gguf_path: Path, dtype_name: str | None
+) -> tuple[dict[str, mx.array], dict[str, Any], dict[str, Any]]:
     """(mlx-lm weights, config.json, plain metadata) for the GGUF at ``gguf_path``."""
     _check_tensor_types(gguf_path)
     try:
@@ -207,13 +221,11 @@ def _convert(gguf_path: Path) -> tuple[dict[str, mx.array], dict[str, Any], dict
         raise GGUFImportError("partial rotary embeddings are not supported by mlx-lm's llama")
     rope_freqs = tensors.pop("rope_freqs.weight", None)
 
-    quantized = any(name.endswith(".scales") for name in tensors)
     embed = tensors.get("token_embd.weight")
     if embed is None:
         raise GGUFImportError("GGUF has no token_embd.weight tensor")
-    # One float dtype for the whole model, as mlx_lm.convert writes: float16 beside
-    # quantized weights, else what the embedding came as (F32 stays F32).
-    dtype = mx.float16 if quantized or embed.dtype != mx.float32 else mx.float32
+    quantized = any(name.endswith(".scales") for name in tensors)
+    dtype = _float_dtype(dtype_name, quantized, embed.dtype)
     weights = {
         _hf_name(name): value.astype(dtype) if mx.issubdtype(value.dtype, mx.floating) else value
         for name, value in tensors.items()
@@ -261,10 +273,14 @@ def _convert(gguf_path: Path) -> tuple[dict[str, mx.array], dict[str, Any], dict
     return weights, config, meta
 
 
-def import_gguf(gguf_path: Path, out_dir: Path, *, name: str | None = None) -> Path:
+def import_gguf(
+    gguf_path: Path, out_dir: Path, *, name: str | None = None, dtype: str | None = None
+) -> Path:
     """Convert ``gguf_path`` into an MLX model directory at ``out_dir``; returns ``out_dir``.
 
-    ``out_dir`` must not exist or be empty.  The directory is built next to it as
+    ``name`` is recorded in config.json as ``_name_or_path``.  ``dtype`` ("float16" or
+    "float32") is the float dtype to write; by default float32 when MLX runs on the CPU,
+    else float16 beside quantized weights.  ``out_dir`` must not exist or be empty.  The directory is built next to it as
     ``.<name>.partial-<random>`` and renamed into place only when complete.
     """
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
@@ -272,7 +288,9 @@ def import_gguf(gguf_path: Path, out_dir: Path, *, name: str | None = None) -> P
         raise GGUFImportError(f"{out_dir} already exists and is not an empty directory")
     if not gguf_path.is_file():
         raise GGUFImportError(f"{gguf_path} is not a file")
-    weights, config, meta = _convert(gguf_path)
+    if dtype not in (None, "float16", "float32"):
+        raise GGUFImportError(f"dtype must be float16 or float32, not {dtype!r}")
+    weights, config, meta = _convert(gguf_path, dtype)
     config["gguf_source"] = {"file": gguf_path.name, "name": meta.get("general.name")}
     if name:
         config["_name_or_path"] = name
@@ -303,9 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("gguf", type=Path, help="the .gguf file")
     parser.add_argument("out_dir", type=Path, help="the MLX model directory to create")
     parser.add_argument("--name", help="the model's name, recorded in config.json")
+    parser.add_argument("--dtype", choices=["float16", "float32"], help="float dtype to write")
     args = parser.parse_args(argv)
     try:
-        import_gguf(args.gguf, args.out_dir, name=args.name)
+        import_gguf(args.gguf, args.out_dir, name=args.name, dtype=args.dtype)
     except GGUFImportError as e:
         print(f"gguf_import: error: {e}", file=sys.stderr)
         return 1

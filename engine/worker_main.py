@@ -24,7 +24,7 @@ import sys
 import threading
 import traceback
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from engine.protocol import (
     HEADER,
@@ -42,6 +42,9 @@ from engine.protocol import (
     frame_length,
     to_worker_decoder,
 )
+
+if TYPE_CHECKING:
+    from engine.generation import Generation, ModelRunner
 
 log = logging.getLogger("engine.worker")
 
@@ -66,8 +69,8 @@ class Worker:
     def __init__(self, out: BinaryIO) -> None:
         self._out = out
         self._inbox: queue.Queue[object] = queue.Queue()
-        self._runner = None  # engine.generation.ModelRunner once loaded
-        self._active: dict[int, object] = {}
+        self._runner: ModelRunner | None = None
+        self._active: dict[int, Generation] = {}
 
     def send(self, message: FromWorker) -> None:
         self._out.write(frame(message))
@@ -101,7 +104,7 @@ class Worker:
         elif isinstance(message, Cancel):
             generation = self._active.pop(message.req_id, None)
             if generation is not None:
-                self.send(generation.finish("cancelled"))  # type: ignore[attr-defined]
+                self.send(generation.finish("cancelled"))
         return True
 
     def _load(self, message: Load) -> None:
@@ -146,7 +149,7 @@ class Worker:
     def _advance_all(self) -> None:
         for req_id, generation in list(self._active.items()):
             try:
-                event = generation.step()  # type: ignore[attr-defined]
+                event = generation.step()
             except Exception as exc:
                 traceback.print_exc()
                 del self._active[req_id]

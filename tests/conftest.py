@@ -13,6 +13,12 @@ import pytest
 
 from tests.support.server import REPO, GatewayServer
 
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
 CACHE = Path(os.environ.get("GATEWAY_TEST_CACHE", REPO / ".cache"))
 
 

@@ -1,0 +1,28 @@
+# Two entry points for a fresh machine: `make serve` and `make test`.
+# Both create .venv and install the project into it first (once).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: serve test lint bench
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/gateway serve
+
+lint: $(STAMP)
+	$(BIN)/ruff check gateway policies engine tests bench
+	$(BIN)/ruff format --check gateway policies engine tests bench
+	$(BIN)/mypy gateway policies engine
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/serving.py
