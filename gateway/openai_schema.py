@@ -115,10 +115,15 @@ class CompletionRequest(SamplingFields, frozen=True, kw_only=True):
 # --- responses -----------------------------------------------------------------
 
 
+class PromptTokensDetails(msgspec.Struct, frozen=True):
+    cached_tokens: int
+
+
 class Usage(msgspec.Struct, frozen=True):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class AssistantMessage(msgspec.Struct, frozen=True):

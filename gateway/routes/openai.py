@@ -25,6 +25,7 @@ from gateway.openai_schema import (
     ChatCompletionRequest,
     ChatDelta,
     CompletionRequest,
+    PromptTokensDetails,
     SamplingFields,
     TextChoice,
     TextCompletion,
@@ -81,6 +82,7 @@ def usage_of(session: InferenceSession) -> Usage:
         session.prompt_tokens,
         session.completion_tokens,
         session.prompt_tokens + session.completion_tokens,
+        PromptTokensDetails(session.cached_tokens),
     )
 
 
