@@ -1,0 +1,102 @@
+"""How much memory a model needs, estimated before it is loaded.
+
+need = weights (summed from the safetensors headers: no tensor is read)
+     + KV cache for one sequence at the model's serving context length
+     + a fixed per-worker overhead (interpreter, MLX runtime, buffers).
+
+The estimate is deliberately simple and slightly pessimistic; the registry
+also records what each worker really uses once loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+GiB = 1024**3
+DEFAULT_WORKER_OVERHEAD = 256 * 1024**2
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+class MemoryEstimateError(ValueError):
+    """The model directory cannot be measured (missing or corrupt files)."""
+
+
+@dataclass(frozen=True)
+class MemoryNeed:
+    weights: int
+    kv_cache: int
+    overhead: int
+    context_length: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.overhead
+
+
+def safetensors_bytes(path: Path) -> int:
+    """Bytes of tensor data in one safetensors file, from its header alone."""
+    try:
+        with path.open("rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if length > 100 * 1024**2:
+                raise MemoryEstimateError(f"{path.name}: implausible header length {length}")
+            header = json.loads(f.read(length))
+    except (OSError, struct.error, ValueError) as exc:
+        raise MemoryEstimateError(f"{path.name}: not a readable safetensors file ({exc})") from exc
+    total = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = entry["data_offsets"]
+        total += end - start
+    return total
+
+
+def weights_bytes(model_dir: Path) -> int:
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise MemoryEstimateError(f"{model_dir.name}: no safetensors weights")
+    return sum(safetensors_bytes(f) for f in files)
+
+
+def kv_cache_bytes(config: dict, context_length: int) -> int:
+    """K and V for every layer, for one sequence of ``context_length`` tokens."""
+    text = config.get("text_config", config)
+    layers = int(text.get("num_hidden_layers", 0))
+    heads = int(text.get("num_attention_heads", 1))
+    kv_heads = int(text.get("num_key_value_heads", heads))
+    head_dim = int(text.get("head_dim") or text.get("hidden_size", 0) // max(heads, 1))
+    element = _DTYPE_BYTES.get(str(text.get("torch_dtype", "float16")), 2)
+    return 2 * layers * kv_heads * head_dim * context_length * element
+
+
+def estimate(
+    model_dir: Path,
+    *,
+    context_length: int | None = None,
+    overhead: int = DEFAULT_WORKER_OVERHEAD,
+) -> MemoryNeed:
+    """The memory ``model_dir`` needs when served with ``context_length`` tokens
+    (default: the model's own maximum)."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise MemoryEstimateError(f"{model_dir.name}: unreadable config.json ({exc})") from exc
+    model_max = int(config.get("max_position_embeddings") or 4096)
+    context = min(context_length or model_max, model_max)
+    return MemoryNeed(weights_bytes(model_dir), kv_cache_bytes(config, context), overhead, context)
+
+
+def physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def format_bytes(n: int) -> str:
+    for unit, size in (("GiB", GiB), ("MiB", 1024**2), ("KiB", 1024)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
