@@ -1,12 +1,12 @@
 """Convert a llama-family GGUF file into an MLX model directory ``mlx_lm.load`` accepts.
 
 ``mx.load`` reads GGUF natively: Q4_0/Q4_1/Q8_0 tensors arrive as MLX affine-quantized
-triples (``.weight`` uint32, ``.scales``/``.biases`` float16, group size 32), so the
-weights stay quantized with no re-quantization.  We rename them to mlx-lm's llama
-layout, derive ``config.json`` from the ``llama.*`` metadata, rebuild the tokenizer
-(:mod:`engine.gguf_tokenizer`), and move the finished directory into place atomically.
+triples (``.weight`` uint32, ``.scales``/``.biases``, group size 32), so the weights stay
+quantized, bit for bit.  We rename them to mlx-lm's llama layout, derive ``config.json``
+from the ``llama.*`` metadata, rebuild the tokenizer (:mod:`engine.gguf_tokenizer`), and
+move the finished directory into place atomically.
 
-    python -m engine.gguf_import FILE.gguf OUT_DIR [--name NAME]
+    python -m engine.gguf_import FILE.gguf OUT_DIR [--name NAME] [--dtype float16|float32]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import struct
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import mlx.core as mx
 import numpy as np
@@ -29,11 +29,10 @@ import numpy as np
 from engine.gguf_tokenizer import TokenizerImportError, write_tokenizer_files
 
 GROUP_SIZE = 32  # every GGUF block type MLX reads packs 32 weights per scale
-SUPPORTED_TYPES = {"F32", "F16", "BF16", "Q4_0", "Q4_1", "Q8_0"}
+SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q8_0")
 GGML_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0"}
-GGML_TYPES |= {9: "Q8_1", 10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K"}
-GGML_TYPES |= {15: "Q8_K", 30: "BF16"}
-# Byte sizes of GGUF metadata scalar value types (8 is string, 9 is array).
+GGML_TYPES |= {10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 30: "BF16"}
+# Byte sizes of the GGUF metadata value types, but 8 (string) and 9 (array).
 VALUE_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 
 TOP_LEVEL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
@@ -48,7 +47,7 @@ PER_LAYER = {
     "attn_norm": "input_layernorm",
     "ffn_norm": "post_attention_layernorm",
 }
-SUFFIXES = {"weight", "scales", "biases", "bias"}
+SUFFIXES = ("weight", "scales", "biases", "bias")
 
 
 class GGUFImportError(ValueError):
@@ -62,22 +61,18 @@ def read_tensor_types(path: Path) -> dict[str, str]:
         def unpack(fmt: str) -> tuple[Any, ...]:
             return struct.unpack("<" + fmt, f.read(struct.calcsize("<" + fmt)))
 
-        def skip(value_type: int) -> None:
-            if value_type == 8:
-                f.seek(unpack("Q")[0], os.SEEK_CUR)
-            elif value_type == 9:
-                item_type, count = unpack("IQ")
-                if item_type in VALUE_SIZES:
-                    f.seek(VALUE_SIZES[item_type] * count, os.SEEK_CUR)
-                else:
-                    for _ in range(count):
-                        skip(item_type)
+        def skip(kind: int, count: int = 1) -> None:
+            if kind in VALUE_SIZES:
+                f.seek(VALUE_SIZES[kind] * count, os.SEEK_CUR)
+            elif kind in (8, 9):  # a string: its length, then bytes; an array: type, count
+                for _ in range(count):
+                    f.seek(unpack("Q")[0], os.SEEK_CUR) if kind == 8 else skip(*unpack("IQ"))
             else:
-                f.seek(VALUE_SIZES[value_type], os.SEEK_CUR)
+                raise KeyError(kind)
 
         try:
             if f.read(4) != b"GGUF" or unpack("I")[0] < 2:
-                raise GGUFImportError(f"{path} is not a GGUF (version 2 or later) file")
+                raise GGUFImportError(f"{path} is not a GGUF file (version 2 or later)")
             n_tensors, n_kv = unpack("QQ")
             for _ in range(n_kv):
                 f.seek(unpack("Q")[0], os.SEEK_CUR)  # the key
@@ -86,7 +81,7 @@ def read_tensor_types(path: Path) -> dict[str, str]:
             for _ in range(n_tensors):
                 name = f.read(unpack("Q")[0]).decode("utf-8")
                 f.seek(8 * unpack("I")[0], os.SEEK_CUR)  # the dimensions
-                kind, _offset = unpack("IQ")
+                kind = unpack("IQ")[0]
                 types[name] = GGML_TYPES.get(kind, f"type {kind}")
         except (struct.error, KeyError, UnicodeDecodeError) as e:
             raise GGUFImportError(f"{path} has a malformed GGUF header") from e
@@ -94,20 +89,18 @@ def read_tensor_types(path: Path) -> dict[str, str]:
 
 
 def _check_tensor_types(path: Path) -> None:
-    types = read_tensor_types(path)
-    bad = {name: kind for name, kind in types.items() if kind not in SUPPORTED_TYPES}
+    bad = {n: kind for n, kind in read_tensor_types(path).items() if kind not in SUPPORTED_TYPES}
     if bad:
         example = next(iter(bad))
-        kinds = ", ".join(sorted(set(bad.values())))
         raise GGUFImportError(
-            f"{path.name} uses tensor types MLX cannot load: {kinds} "
-            f"(e.g. {example} is {bad[example]}); supported: {', '.join(sorted(SUPPORTED_TYPES))}. "
+            f"{path.name} uses tensor types MLX cannot load: {', '.join(sorted(set(bad.values())))}"
+            f" (e.g. {example} is {bad[example]}); supported: {', '.join(SUPPORTED_TYPES)}. "
             "Use a Q8_0/Q4_0/Q4_1/F16 GGUF, or convert the original weights with mlx_lm.convert."
         )
 
 
 def _plain(value: Any) -> Any:
-    """A metadata value as plain Python (``mx.load`` gives scalars and arrays as mx.array)."""
+    """A metadata value as plain Python (``mx.load`` gives numbers as mx.array)."""
     if isinstance(value, mx.array):
         return value.item() if value.ndim == 0 else value.tolist()
     return value
@@ -138,30 +131,28 @@ def _hf_name(name: str) -> str:
 def _rope_scaling(meta: dict[str, Any], rope_freqs: mx.array | None, head_dim: int) -> Any:
     """``rope_scaling`` for config.json, or None."""
     if rope_freqs is not None:
-        # Llama 3.1+ stores its llama3 rope factors as a tensor; mlx-lm computes them from
-        # rope_scaling, so recover the parameters llama.cpp's converter used and check them.
+        # Llama 3.1+ GGUFs carry their llama3 rope factors as a tensor, which mlx-lm does
+        # not read: it recomputes them from rope_scaling.  llama.cpp's converter always uses
+        # low 1, high 4 and an 8192 original context; check that the tensor agrees.
         factors = np.array(rope_freqs.astype(mx.float32))
-        scaling = {"rope_type": "llama3", "factor": _short_float(factors.max())}
-        scaling |= {"low_freq_factor": 1.0, "high_freq_factor": 4.0}
-        scaling["original_max_position_embeddings"] = 8192
+        factor, old = _short_float(factors.max()), 8192
         base = meta.get("llama.rope.freq_base", 10000.0)
         wavelen = 2 * np.pi * base ** (np.arange(0, head_dim, 2) / head_dim)
-        factor, old = scaling["factor"], 8192
-        smooth = (old / wavelen - 1.0) / (4.0 - 1.0)
-        expect = np.where(wavelen < old / 4.0, 1.0, 1 / ((1 - smooth) / factor + smooth))
+        smooth = (old / wavelen - 1.0) / 3.0
+        expect = np.where(wavelen < old / 4, 1.0, 1 / ((1 - smooth) / factor + smooth))
         expect = np.where(wavelen > old, factor, expect)
         if expect.shape != factors.shape or not np.allclose(expect, factors, rtol=1e-3):
             raise GGUFImportError("rope_freqs does not match llama3 rope scaling (8192, 1, 4)")
-        return scaling
-    kind = meta.get("llama.rope.scaling.type", "none")
-    factor = meta.get("llama.rope.scaling.factor")
-    if kind == "none" or not factor or factor == 1.0:
+        scaling = {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0}
+        return scaling | {"high_freq_factor": 4.0, "original_max_position_embeddings": old}
+    kind, scale = meta.get("llama.rope.scaling.type"), meta.get("llama.rope.scaling.factor")
+    if kind in (None, "none") or scale in (None, 0.0, 1.0):
         return None
     if kind == "linear":
-        return {"type": "linear", "factor": _short_float(factor)}
+        return {"type": "linear", "factor": _short_float(scale)}
     if kind == "yarn":
         original = _require(meta, "llama.rope.scaling.original_context_length")
-        return {"type": "yarn", "factor": factor, "original_max_position_embeddings": original}
+        return {"type": "yarn", "factor": scale, "original_max_position_embeddings": original}
     raise GGUFImportError(f"unsupported llama.rope.scaling.type {kind!r}")
 
 
@@ -171,8 +162,7 @@ def _quantization(weights: dict[str, mx.array]) -> dict[str, Any] | None:
     for name, scales in weights.items():
         if name.endswith(".scales"):
             module = name.removesuffix(".scales")
-            in_features = scales.shape[-1] * GROUP_SIZE
-            bits[module] = weights[f"{module}.weight"].shape[-1] * 32 // in_features
+            bits[module] = weights[f"{module}.weight"].shape[-1] * 32 // (scales.shape[-1] * 32)
     if not bits:
         return None
     default = Counter(bits.values()).most_common(1)[0][0]
@@ -189,54 +179,42 @@ def _float_dtype(name: str | None, quantized: bool, embed_dtype: mx.Dtype) -> mx
     if name is not None:
         return {"float16": mx.float16, "float32": mx.float32}[name]
     if mx.default_device() == mx.cpu:
-        # MLX's CPU backend runs float16 (quantized) matmuls ~40x slower than float32, and
-        # SmolLM2 in float16 there answers gibberish: convert for the machine that serves.
+        # MLX's CPU backend runs float16 quantized matmuls ~40x slower than float32 (and
+        # SmolLM2 answers badly in float16 there): convert for the machine that serves.
         return mx.float32
-    # As mlx_lm.convert writes: float16 beside quantized weights, F32 files stay F32.
+    # As mlx_lm.convert writes: float16 beside quantized weights; F32 files stay F32.
     return mx.float16 if quantized or embed_dtype != mx.float32 else mx.float32
 
 
-def _convert(
-    gguf_path: Path, dtype_name: str | None
-) -> tuple[dict[str, mx.array], dict[str, Any], dict[str, Any]]:
-    """(mlx-lm weights, config.json, plain metadata) for the GGUF at ``gguf_path``."""
-    _check_tensor_types(gguf_path)
+def _convert(path: Path, dtype: str | None) -> tuple[dict[str, mx.array], dict, dict]:
+    """(mlx-lm weights, config.json, plain metadata) for the GGUF at ``path``."""
+    _check_tensor_types(path)
     try:
-        tensors, raw_meta = mx.load(str(gguf_path), return_metadata=True)
+        loaded = mx.load(str(path), return_metadata=True)
     except (RuntimeError, ValueError) as e:
-        raise GGUFImportError(f"MLX could not read {gguf_path}: {e}") from e
+        raise GGUFImportError(f"MLX could not read {path}: {e}") from e
+    tensors, raw_meta = cast(tuple[dict[str, mx.array], dict[str, Any]], loaded)
     meta = {key: _plain(value) for key, value in raw_meta.items()}
-    arch = _require(meta, "general.architecture")
-    if arch != "llama":
+    if (arch := _require(meta, "general.architecture")) != "llama":
         raise GGUFImportError(f"unsupported architecture {arch!r}; only 'llama' is supported")
     if meta.get("llama.expert_count", 0):
         raise GGUFImportError("mixture-of-experts llama GGUFs (e.g. Mixtral) are not supported")
-
     hidden = _require(meta, "llama.embedding_length")
     heads = _require(meta, "llama.attention.head_count")
     head_dim = meta.get("llama.attention.key_length", hidden // heads)
     if meta.get("llama.attention.value_length", head_dim) != head_dim:
-        raise GGUFImportError("key_length != value_length is not supported by mlx-lm's llama")
+        raise GGUFImportError("mlx-lm's llama needs key_length == value_length")
     if meta.get("llama.rope.dimension_count", head_dim) != head_dim:
-        raise GGUFImportError("partial rotary embeddings are not supported by mlx-lm's llama")
-    rope_freqs = tensors.pop("rope_freqs.weight", None)
-
-    embed = tensors.get("token_embd.weight")
-    if embed is None:
+        raise GGUFImportError("mlx-lm's llama has no partial rotary embeddings")
+    if (embed := tensors.get("token_embd.weight")) is None:
         raise GGUFImportError("GGUF has no token_embd.weight tensor")
+    rope_freqs = tensors.pop("rope_freqs.weight", None)  # becomes config rope_scaling
     quantized = any(name.endswith(".scales") for name in tensors)
-    dtype = _float_dtype(dtype_name, quantized, embed.dtype)
+    float_dtype = _float_dtype(dtype, quantized, embed.dtype)
     weights = {
-        _hf_name(name): value.astype(dtype) if mx.issubdtype(value.dtype, mx.floating) else value
-        for name, value in tensors.items()
+        _hf_name(n): v.astype(float_dtype) if mx.issubdtype(v.dtype, mx.floating) else v
+        for n, v in tensors.items()
     }
-    tied = "lm_head.weight" not in weights
-    eos_ids = [
-        meta[f"tokenizer.ggml.{key}_token_id"]
-        for key in ("eos", "eot", "eom")
-        if meta.get(f"tokenizer.ggml.{key}_token_id") is not None
-    ]
-    eos_ids = list(dict.fromkeys(eos_ids))
     config: dict[str, Any] = {
         "model_type": "llama",
         "architectures": ["LlamaForCausalLM"],
@@ -247,11 +225,11 @@ def _convert(
         "num_key_value_heads": meta.get("llama.attention.head_count_kv", heads),
         "rms_norm_eps": _short_float(_require(meta, "llama.attention.layer_norm_rms_epsilon")),
         "rope_theta": _short_float(meta.get("llama.rope.freq_base", 10000.0)),
-        # The embedding's rows are the truth; llama.vocab_size is optional in GGUF.
+        # The embedding's rows, which llama.vocab_size (optional) and the token list match.
         "vocab_size": embed.shape[0],
         "max_position_embeddings": _require(meta, "llama.context_length"),
-        "tie_word_embeddings": tied,
-        # llama.cpp permutes Q/K rows for its interleaved rope; keep them and say so.
+        "tie_word_embeddings": "lm_head.weight" not in weights,
+        # llama.cpp permutes Q/K rows for its interleaved rope: keep them, rotate likewise.
         "rope_traditional": True,
         "attention_bias": any(".self_attn." in n and n.endswith(".bias") for n in weights),
         "mlp_bias": any(".mlp." in n and n.endswith(".bias") for n in weights),
@@ -260,13 +238,15 @@ def _convert(
         config["head_dim"] = head_dim
     if (scaling := _rope_scaling(meta, rope_freqs, head_dim)) is not None:
         config["rope_scaling"] = scaling
-    if meta.get("tokenizer.ggml.bos_token_id") is not None:
-        config["bos_token_id"] = meta["tokenizer.ggml.bos_token_id"]
-    if eos_ids:
-        config["eos_token_id"] = eos_ids[0] if len(eos_ids) == 1 else eos_ids
+    if (bos := meta.get("tokenizer.ggml.bos_token_id")) is not None:
+        config["bos_token_id"] = bos
+    # Stop at end-of-turn too: llama 3 files may name <|eot_id|> apart from EOS.
+    eos = [meta.get(f"tokenizer.ggml.{key}_token_id") for key in ("eos", "eot", "eom")]
+    eos = list(dict.fromkeys(i for i in eos if i is not None))
+    if eos:
+        config["eos_token_id"] = eos[0] if len(eos) == 1 else eos
     if (quantization := _quantization(weights)) is not None:
-        config["quantization"] = quantization
-        config["quantization_config"] = quantization
+        config["quantization"] = config["quantization_config"] = quantization
     layers = {int(m[1]) for n in weights if (m := re.match(r"model\.layers\.(\d+)\.", n))}
     if layers != set(range(config["num_hidden_layers"])):
         raise GGUFImportError("the blk.N tensors do not match llama.block_count")
@@ -278,10 +258,10 @@ def import_gguf(
 ) -> Path:
     """Convert ``gguf_path`` into an MLX model directory at ``out_dir``; returns ``out_dir``.
 
-    ``name`` is recorded in config.json as ``_name_or_path``.  ``dtype`` ("float16" or
-    "float32") is the float dtype to write; by default float32 when MLX runs on the CPU,
-    else float16 beside quantized weights.  ``out_dir`` must not exist or be empty.  The directory is built next to it as
-    ``.<name>.partial-<random>`` and renamed into place only when complete.
+    ``out_dir`` must not exist or be empty: it is built as ``.<name>.partial-<random>``
+    beside it and renamed into place when complete.  ``name`` is recorded in config.json
+    as ``_name_or_path``.  ``dtype`` ("float16"/"float32") is the float dtype written; by
+    default float32 if MLX runs on the CPU, else float16 beside quantized weights.
     """
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -316,8 +296,8 @@ def import_gguf(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``python -m engine.gguf_import FILE.gguf OUT_DIR [--name NAME]``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """``python -m engine.gguf_import FILE.gguf OUT_DIR [--name NAME] [--dtype DTYPE]``."""
+    parser = argparse.ArgumentParser(description="Convert a llama GGUF into an MLX model.")
     parser.add_argument("gguf", type=Path, help="the .gguf file")
     parser.add_argument("out_dir", type=Path, help="the MLX model directory to create")
     parser.add_argument("--name", help="the model's name, recorded in config.json")

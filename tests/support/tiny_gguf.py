@@ -77,7 +77,7 @@ def ggml_type(name: str, qtype: str) -> gguf.GGMLQuantizationType:
         return Q.F32
     if qtype == "mixed":
         return MIXED.get(name.split(".")[-2], Q.Q4_0)
-    return Q[qtype]
+    return gguf.GGMLQuantizationType[qtype]
 
 
 def llama3_rope_factors(factor: float = 8.0, old_context: int = 8192) -> np.ndarray:
