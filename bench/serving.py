@@ -85,15 +85,13 @@ SERVER = "mlx_lm.server"
 GATEWAY = "gateway"
 SYSTEMS = (DIRECT, SERVER, GATEWAY)
 
+# Prefill on a CPU build of MLX runs barely faster than decoding (~11 tokens/s for the
+# bundled 4-bit model), so the prompt is kept short: ~100 tokens with the template.
 STORY = (
     "Write a short story about a lighthouse keeper who finds a message in a bottle. "
-    "Use these notes: the lighthouse stands on a rocky island far from the coast; "
-    "the keeper has lived there alone for eleven winters and keeps a logbook of every "
-    "ship that passes; the bottle is green glass, sealed with wax, and the paper inside "
-    "is dry; the message is written by a child who asks whether anyone is out there; "
-    "a storm is coming from the west and the supply boat is three days late; the "
-    "keeper must decide whether to answer, and how. Keep the tone quiet and warm, "
-    "write in the past tense, and end with the keeper lighting the lamp at dusk."
+    "Notes: the keeper has lived alone on a rocky island for eleven winters; the "
+    "message is from a child who asks whether anyone is out there; a storm is coming. "
+    "Keep the tone quiet and warm, and end with the keeper lighting the lamp at dusk."
 )
 WARMUP_PROMPT = "Warm-up request. Say hello in one short sentence."
 

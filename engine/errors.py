@@ -24,7 +24,23 @@ class ModelNotReady(EngineError):
         self.retry_after = retry_after
 
 
+class InsufficientMemory(EngineError):
+    def __init__(self, message: str, *, need: int, budget: int, pinned: int) -> None:
+        super().__init__(message)
+        self.need, self.budget, self.pinned = need, budget, pinned
+
+
+class ServerBusy(EngineError):
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class WorkerCrashed(EngineError):
+    pass
+
+
+class RequestCancelled(EngineError):
     pass
 
 

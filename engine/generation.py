@@ -72,9 +72,6 @@ class ModelRunner:
         self.vocab_size = int(getattr(config, "vocab_size", 0) or len(self.tokenizer.vocab))
         self.load_seconds = time.perf_counter() - started
 
-    def memory_bytes(self) -> int:
-        return int(mx.get_active_memory())
-
     def tokenize(self, request: Generate) -> list[int]:
         if request.messages is not None:
             return self._chat_tokens(request.messages)

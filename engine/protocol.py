@@ -5,8 +5,8 @@ message.  Messages are tagged msgspec structs, so both sides decode into the
 exact type and a malformed frame is an error, never a guess.
 
 Gateway -> worker: ``Load``, ``Generate``, ``Cancel``, ``Shutdown``.
-Worker -> gateway: ``Loaded``, ``LoadFailed``, ``Started``, ``Delta``,
-``Finished``, ``Failed``.
+Worker -> gateway: ``LoadProgress``, ``Loaded``, ``LoadFailed``, ``Started``,
+``Delta``, ``Finished``, ``Failed``.
 
 The protocol carries plain data only; it is imported by both the gateway side
 (``engine.worker``) and the worker (``engine.worker_main``) and imports no MLX.
@@ -84,6 +84,12 @@ class LoadFailed(msgspec.Struct, tag=True, frozen=True):
     message: str
 
 
+class LoadProgress(msgspec.Struct, tag=True, frozen=True):
+    """Sent about once a second while loading: the worker's resident memory so far."""
+
+    resident_bytes: int
+
+
 class Started(msgspec.Struct, tag=True, frozen=True):
     """The prompt was tokenized; ``cached_tokens`` of it came from the prompt cache."""
 
@@ -120,7 +126,7 @@ class Failed(msgspec.Struct, tag=True, frozen=True):
     message: str
 
 
-FromWorker = Loaded | LoadFailed | Started | Delta | Finished | Failed
+FromWorker = Loaded | LoadFailed | LoadProgress | Started | Delta | Finished | Failed
 
 _encoder = msgspec.msgpack.Encoder()
 to_worker_decoder = msgspec.msgpack.Decoder(ToWorker)

@@ -18,7 +18,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from engine.errors import GenerationFailed, ModelLoadFailed, WorkerCrashed
+from engine.errors import GenerationFailed, ModelLoadFailed, RequestCancelled, WorkerCrashed
 from engine.protocol import (
     HEADER,
     Cancel,
@@ -31,6 +31,7 @@ from engine.protocol import (
     Load,
     Loaded,
     LoadFailed,
+    LoadProgress,
     SamplingParams,
     Shutdown,
     Started,
@@ -46,6 +47,11 @@ _ids = itertools.count(1)
 _CRASHED = object()
 
 
+class _Cancelled:
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
 class WorkerProcess:
     """One worker process and the requests in flight on it."""
 
@@ -53,7 +59,8 @@ class WorkerProcess:
         self, proc: asyncio.subprocess.Process, on_exit: Callable[[str], None] | None = None
     ) -> None:
         self._proc = proc
-        self._on_exit = on_exit
+        self.on_exit = on_exit
+        self._on_progress: Callable[[int], None] | None = None
         self._pending_load: asyncio.Future[Loaded] | None = None
         self._streams: dict[int, asyncio.Queue[object]] = {}
         self._reader = asyncio.get_running_loop().create_task(self._read())
@@ -90,8 +97,17 @@ class WorkerProcess:
     def in_flight(self) -> int:
         return len(self._streams)
 
-    async def load(self, model_id: str, model_dir: Path, *, prompt_cache_size: int) -> Loaded:
+    async def load(
+        self,
+        model_id: str,
+        model_dir: Path,
+        *,
+        prompt_cache_size: int,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> Loaded:
+        """Load a model; ``on_progress`` gets the worker's resident bytes about once a second."""
         loop = asyncio.get_running_loop()
+        self._on_progress = on_progress
         self._pending_load = loop.create_future()
         await self._send(Load(model_id, str(model_dir), prompt_cache_size))
         return await self._pending_load
@@ -114,6 +130,8 @@ class WorkerProcess:
                 event = await events.get()
                 if event is _CRASHED:
                     raise WorkerCrashed(f"the model worker stopped: {self.exit_reason}")
+                if isinstance(event, _Cancelled):
+                    raise RequestCancelled(event.reason)
                 if isinstance(event, Failed):
                     finished = True
                     raise GenerationFailed(event.code, event.message)
@@ -128,6 +146,12 @@ class WorkerProcess:
             if not finished:
                 # No await here: this runs inside a cancelled task on client disconnect.
                 self._send_nowait(Cancel(req_id))
+
+    def cancel_all(self, reason: str) -> int:
+        """End every request in flight with ``RequestCancelled``; returns how many."""
+        for events in self._streams.values():
+            events.put_nowait(_Cancelled(reason))
+        return len(self._streams)
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Ask the worker to exit; kill it if it does not within ``timeout``."""
@@ -184,10 +208,14 @@ class WorkerProcess:
             )
         for events in self._streams.values():
             events.put_nowait(_CRASHED)
-        if self._on_exit is not None:
-            self._on_exit(self.exit_reason)
+        if self.on_exit is not None:
+            self.on_exit(self.exit_reason)
 
     def _dispatch(self, message: FromWorker) -> None:
+        if isinstance(message, LoadProgress):
+            if self._on_progress is not None:
+                self._on_progress(message.resident_bytes)
+            return
         if isinstance(message, Loaded | LoadFailed):
             future = self._pending_load
             if future is not None and not future.done():

@@ -37,6 +37,7 @@ from engine.protocol import (
     Load,
     Loaded,
     LoadFailed,
+    LoadProgress,
     Shutdown,
     frame,
     frame_length,
@@ -49,6 +50,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("engine.worker")
 
 _EOF = object()
+PROGRESS_INTERVAL = 1.0
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (Linux: current; elsewhere: peak)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def read_frames(source: BinaryIO, inbox: queue.Queue[object]) -> None:
@@ -68,13 +82,16 @@ def read_frames(source: BinaryIO, inbox: queue.Queue[object]) -> None:
 class Worker:
     def __init__(self, out: BinaryIO) -> None:
         self._out = out
+        self._write_lock = threading.Lock()
         self._inbox: queue.Queue[object] = queue.Queue()
         self._runner: ModelRunner | None = None
         self._active: dict[int, Generation] = {}
 
     def send(self, message: FromWorker) -> None:
-        self._out.write(frame(message))
-        self._out.flush()
+        data = frame(message)
+        with self._write_lock:  # the load heartbeat writes from its own thread
+            self._out.write(data)
+            self._out.flush()
 
     def run(self, source: BinaryIO) -> None:
         threading.Thread(
@@ -110,6 +127,14 @@ class Worker:
     def _load(self, message: Load) -> None:
         from engine.generation import ModelRunner
 
+        loaded = threading.Event()
+
+        def heartbeat() -> None:
+            while not loaded.wait(PROGRESS_INTERVAL):
+                self.send(LoadProgress(resident_bytes()))
+
+        beat = threading.Thread(target=heartbeat, name="load-progress", daemon=True)
+        beat.start()
         try:
             runner = ModelRunner(
                 message.model_id, Path(message.model_dir), message.prompt_cache_size
@@ -118,11 +143,12 @@ class Worker:
             log.exception("load of %s failed", message.model_id)
             self.send(LoadFailed(f"{type(exc).__name__}: {exc}"))
             return
+        finally:
+            loaded.set()
+            beat.join()
         self._runner = runner
         self.send(
-            Loaded(
-                message.model_id, runner.load_seconds, runner.memory_bytes(), runner.context_length
-            )
+            Loaded(message.model_id, runner.load_seconds, resident_bytes(), runner.context_length)
         )
 
     def _start(self, message: Generate) -> None:

@@ -6,8 +6,10 @@
     ├── RouteNotFound                 404 invalid_request_error / not_found
     ├── MethodNotAllowed              405 invalid_request_error / method_not_allowed
     ├── ModelNotFound                 404 invalid_request_error / model_not_found
+    ├── InsufficientStorage           507 server_error / insufficient_memory (numbers kept)
     └── ServiceUnavailable            503 server_error (with Retry-After)
         ├── ModelLoading              503 model_loading
+        ├── ServerBusy                503 server_busy (queue full)
         └── ModelUnavailable          503 model_unavailable (load failed, worker died)
 
 Each class carries its HTTP status, error type and code.  ``gateway.responses``
@@ -75,6 +77,12 @@ class ModelNotFound(GatewayError):
     code = "model_not_found"
 
 
+class InsufficientStorage(GatewayError):
+    status = 507
+    type = "server_error"
+    code = "insufficient_memory"
+
+
 class ServiceUnavailable(GatewayError):
     status = 503
     type = "server_error"
@@ -87,3 +95,7 @@ class ModelLoading(ServiceUnavailable):
 
 class ModelUnavailable(ServiceUnavailable):
     code = "model_unavailable"
+
+
+class ServerBusy(ServiceUnavailable):
+    code = "server_busy"

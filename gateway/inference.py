@@ -11,7 +11,6 @@ within one decode step) and the lease is released when the last choice ends.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -119,9 +118,15 @@ class InferenceSession:
             task.cancel()
 
 
-async def open_session(registry: Registry, call: InferenceCall) -> InferenceSession:
-    """Lease the model and start the call; raises ``EngineError`` before any output."""
-    lease = await registry.acquire(call.model_id)
+async def open_session(
+    registry: Registry, call: InferenceCall, *, caller: str = "-", wait: float | None = None
+) -> InferenceSession:
+    """Lease the model and start the call; raises ``EngineError`` before any output.
+
+    ``caller`` is the opaque tag the registry's fair queue uses; ``wait`` bounds
+    the wait for the model (default: the registry's ``load_wait``).
+    """
+    lease = await registry.acquire(call.model_id, caller, wait)
     try:
         session = InferenceSession(registry, lease, call)
     except BaseException:
@@ -133,12 +138,3 @@ async def open_session(registry: Registry, call: InferenceCall) -> InferenceSess
         session.close()
         raise
     return session
-
-
-@contextlib.asynccontextmanager
-async def session_for(registry: Registry, call: InferenceCall) -> AsyncIterator[InferenceSession]:
-    session = await open_session(registry, call)
-    try:
-        yield session
-    finally:
-        session.close()

@@ -17,21 +17,26 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
 
+from engine import errors as engine_errors
 from engine.errors import (
     EngineError,
     GenerationFailed,
+    InsufficientMemory,
     ModelLoadFailed,
     ModelNotReady,
+    RequestCancelled,
     WorkerCrashed,
 )
 from gateway.errors import (
     GatewayError,
+    InsufficientStorage,
     InvalidRequest,
     MethodNotAllowed,
     ModelLoading,
     ModelUnavailable,
     RequestTooLarge,
     RouteNotFound,
+    ServerBusy,
 )
 from gateway.openai_schema import ErrorBody, ErrorResponse
 
@@ -66,6 +71,12 @@ def decode_body(body: bytes, type_: type[T]) -> T:
 def from_engine(exc: EngineError) -> GatewayError:
     if isinstance(exc, ModelNotReady):
         return ModelLoading(str(exc), retry_after=exc.retry_after)
+    if isinstance(exc, InsufficientMemory):
+        return InsufficientStorage(str(exc), param="model")
+    if isinstance(exc, engine_errors.ServerBusy):
+        return ServerBusy(str(exc), retry_after=exc.retry_after)
+    if isinstance(exc, RequestCancelled):
+        return ModelUnavailable(str(exc), code="request_cancelled", retry_after=1)
     if isinstance(exc, ModelLoadFailed):
         return ModelUnavailable(str(exc), retry_after=5)
     if isinstance(exc, WorkerCrashed):

@@ -41,10 +41,36 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ] = "info"
 
 
+class CatalogueEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One model of the catalogue (``[models.catalogue.ID]``)."""
+
+    path: str = ""
+    repo: str = ""
+    revision: str = "main"
+    aliases: list[str] = []
+    pinned: bool = False
+    keep_alive: float | None = None
+    context_length: Annotated[int, Meta(ge=1)] | None = None
+
+
 class ModelsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dir: Annotated[
         str, _doc("Directory of MLX model directories; empty means <data_dir>/models.")
     ] = ""
+    discover: Annotated[
+        bool, _doc("Serve every MLX model directory found directly under models.dir.")
+    ] = True
+    discover_hf_cache: Annotated[
+        bool, _doc("Also serve MLX chat models found in the Hugging Face cache.")
+    ] = False
+    aliases: Annotated[
+        dict[str, str],
+        _doc('Alias or glob pattern -> model id, e.g. {"claude-*" = "default"}.'),
+    ] = {}
+    catalogue: Annotated[
+        dict[str, CatalogueEntry],
+        _doc("Models by id: path or repo+revision, aliases, pinned, keep_alive, context_length."),
+    ] = {}
     default: Annotated[str, _doc("Catalogue id that the alias `default` and /ready refer to.")] = (
         "smollm2-135m-instruct"
     )
@@ -70,6 +96,45 @@ class EngineSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     stop_timeout: Annotated[
         float, _doc("Seconds a worker gets to exit on shutdown before it is killed.", gt=0)
     ] = 5.0
+    memory_budget: Annotated[
+        str, _doc('Memory for loaded models: bytes ("48GiB") or a fraction of RAM ("0.75").')
+    ] = "0.75"
+    max_loaded_models: Annotated[
+        int, _doc("Most models loaded at once; 0 means no limit, 1 is single-model mode.", ge=0)
+    ] = 0
+    min_residency: Annotated[
+        float, _doc("Seconds a model stays loaded before it may be evicted for another.", ge=0)
+    ] = 10.0
+    keep_alive: Annotated[
+        float, _doc("Default idle seconds before a model is unloaded; 0 at once, -1 never.")
+    ] = 600.0
+    load_timeout: Annotated[
+        float, _doc("Seconds a load may go without progress before it is failed.", gt=0)
+    ] = 120.0
+    drain_timeout: Annotated[
+        float, _doc("Seconds in-flight requests get to finish before a drain cancels them.", ge=0)
+    ] = 30.0
+    unload_timeout: Annotated[
+        float, _doc("Seconds a worker gets to exit when unloaded before it is killed.", gt=0)
+    ] = 10.0
+    stream_load_wait: Annotated[
+        float, _doc("Seconds a streaming request waits for its model, sending keep-alives.", gt=0)
+    ] = 600.0
+    max_concurrent_per_model: Annotated[
+        int, _doc("Requests generating at once on one model; more wait in its queue.", ge=1)
+    ] = 4
+    queue_per_model: Annotated[
+        int, _doc("Requests that may wait for one model; more get 503 server_busy.", ge=0)
+    ] = 32
+    queue_total: Annotated[
+        int, _doc("Requests that may wait in all queues together; more get 503.", ge=0)
+    ] = 128
+    worker_overhead_bytes: Annotated[
+        int, _doc("Memory counted per worker beyond weights and KV cache.", ge=0)
+    ] = 256 * 1024 * 1024
+    spare_worker: Annotated[
+        bool, _doc("Keep one idle worker started, MLX imported, so loads start sooner.")
+    ] = True
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -108,6 +173,8 @@ def field_docs() -> dict[str, str]:
         assert isinstance(info, msgspec.inspect.StructType)
         for field in info.fields:
             if field.name in SECTIONS and not prefix:
+                continue
+            if isinstance(field.type, msgspec.inspect.DictType) and not _constraints(field.type):
                 continue
             meta = [c for c in _constraints(field.type) if c]
             docs[prefix + field.name] = meta[0] if meta else ""
@@ -183,7 +250,42 @@ def load_settings(
         raise SettingsError(_describe(exc)) from exc
     if settings.engine.default_max_tokens > settings.engine.max_tokens_limit:
         raise SettingsError("engine.default_max_tokens: must not exceed engine.max_tokens_limit")
+    memory_budget_bytes(settings.engine.memory_budget, physical=1)  # validates the syntax
+    for model_id, entry in settings.models.catalogue.items():
+        if bool(entry.path) == bool(entry.repo):
+            raise SettingsError(f"models.catalogue.{model_id}: give exactly one of path or repo")
     return settings
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str, field: str) -> int:
+    """``"48GiB"``, ``"500 MB"`` or ``"1024"`` as bytes."""
+    cleaned = text.strip().lower().replace(" ", "")
+    number = cleaned.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = cleaned[len(number) :]
+    try:
+        value = float(number)
+    except ValueError:
+        raise SettingsError(f"{field}: {text!r} is not a size such as 48GiB") from None
+    if unit not in _UNITS or value < 0:
+        raise SettingsError(f"{field}: {text!r} is not a size such as 48GiB")
+    return int(value * _UNITS[unit])
+
+
+def memory_budget_bytes(text: str, *, physical: int) -> int:
+    """The memory budget: a fraction of ``physical`` (``"0.75"``) or a size."""
+    try:
+        fraction = float(text)
+    except ValueError:
+        return parse_size(text, "engine.memory_budget")
+    if 0 < fraction <= 1:
+        return int(fraction * physical)
+    if fraction > 1:
+        return int(fraction)
+    raise SettingsError(f"engine.memory_budget: {text!r} must be positive")
 
 
 def _describe(exc: msgspec.ValidationError) -> str:

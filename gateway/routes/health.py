@@ -16,6 +16,11 @@ async def health() -> dict[str, str]:
 @get("/ready")
 async def ready(request: Request) -> Response[dict[str, str]]:
     ctx: AppContext = request.app.state.ctx
+    if ctx.registry.wedged:
+        return Response(
+            {"status": "not_ready", "reason": "the model scheduler is not making progress"},
+            status_code=503,
+        )
     default = ctx.store.resolve("default")
     if default is None:
         return Response({"status": "not_ready", "reason": "no default model"}, status_code=503)

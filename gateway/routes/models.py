@@ -23,7 +23,7 @@ def card(ctx: AppContext, spec: ModelSpec) -> ModelCard:
         state=state,
         size_bytes=spec.size_bytes(),
         memory_bytes=status.memory_bytes,
-        context_length=spec.context_length(),
+        context_length=spec.serving_context_length(),
         aliases=list(spec.aliases),
     )
 

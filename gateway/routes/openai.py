@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from litestar import Request, Response, post
@@ -12,6 +13,7 @@ from litestar.response import Stream
 
 from engine.errors import EngineError
 from engine.protocol import ChatMessage, SamplingParams
+from engine.registry import ModelState
 from gateway.context import AppContext
 from gateway.errors import InvalidRequest
 from gateway.inference import ChoiceEnd, InferenceCall, InferenceSession, TextOut, open_session
@@ -70,11 +72,19 @@ def sampling_params(
     )
 
 
-async def start(ctx: AppContext, call: InferenceCall) -> InferenceSession:
+KEEPALIVE_SECONDS = 5.0
+
+
+async def start(ctx: AppContext, call: InferenceCall, caller: str) -> InferenceSession:
     try:
-        return await open_session(ctx.registry, call)
+        return await open_session(ctx.registry, call, caller=caller)
     except EngineError as exc:
         raise from_engine(exc) from exc
+
+
+def caller_of(request: Request, req: SamplingFields) -> str:
+    """The fair-queue tag of a request (the API key's id once keys exist)."""
+    return req.user or (request.client.host if request.client else "-")
 
 
 def usage_of(session: InferenceSession) -> Usage:
@@ -128,6 +138,59 @@ async def stream_events(
         session.close()
 
 
+async def wait_then_stream(
+    opening: Callable[[], Awaitable[InferenceSession]],
+    first: list[bytes],
+    chunk: Callable[[int, str | None, str | None], Any],
+    usage_chunk: Callable[[Usage], Any] | None,
+) -> AsyncIterator[bytes]:
+    """Start the SSE response at once and send comment keep-alives while the model
+    loads, so proxies and clients do not time out; then stream as usual."""
+    task = asyncio.ensure_future(opening())
+    try:
+        while not task.done():
+            done, _ = await asyncio.wait({task}, timeout=KEEPALIVE_SECONDS)
+            if not done:
+                yield b": waiting for the model to load\n\n"
+        session = task.result()
+    except EngineError as exc:
+        yield event(error_body(from_engine(exc)))
+        return
+    finally:
+        if not task.done():
+            task.cancel()
+    async for frame in stream_events(session, first, chunk, usage_chunk):
+        yield frame
+
+
+async def stream_response(
+    ctx: AppContext,
+    call: InferenceCall,
+    caller: str,
+    first: list[bytes],
+    chunk: Callable[[int, str | None, str | None], Any],
+    usage_chunk: Callable[[Usage], Any] | None,
+) -> Stream:
+    """A streaming response: errors before the first byte are HTTP errors; a model that
+    is not ready is waited for up to ``stream_load_wait`` behind keep-alive comments."""
+    registry = ctx.registry
+    if registry.status(call.model_id).state is ModelState.READY:
+        session = await start(ctx, call, caller)
+        body = stream_events(session, first, chunk, usage_chunk)
+    else:
+        try:
+            registry.precheck(call.model_id)
+        except EngineError as exc:
+            raise from_engine(exc) from exc
+        wait = ctx.settings.engine.stream_load_wait
+
+        def opening() -> Awaitable[InferenceSession]:
+            return open_session(registry, call, caller=caller, wait=wait)
+
+        body = wait_then_stream(opening, first, chunk, usage_chunk)
+    return Stream(body, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
 def context(request: Request) -> AppContext:
     return request.app.state.ctx  # type: ignore[no-any-return]
 
@@ -141,10 +204,12 @@ async def chat_completions(request: Request) -> Response[Any] | Stream:
     messages = tuple(
         ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in req.messages
     )
-    session = await start(ctx, InferenceCall(spec.id, params, req.n, messages=messages))
+    call = InferenceCall(spec.id, params, req.n, messages=messages)
+    caller = caller_of(request, req)
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     if not req.stream:
+        session = await start(ctx, call, caller)
         texts, reasons = await collect(session, req.n)
         choices = [ChatChoice(i, AssistantMessage(texts[i]), reasons[i]) for i in range(req.n)]
         return Response(ChatCompletion(ident, created, spec.id, choices, usage_of(session)))
@@ -165,11 +230,7 @@ async def chat_completions(request: Request) -> Response[Any] | Stream:
         if include_usage
         else None
     )
-    return Stream(
-        stream_events(session, first, chunk, usage),
-        media_type="text/event-stream",
-        headers=SSE_HEADERS,
-    )
+    return await stream_response(ctx, call, caller, first, chunk, usage)
 
 
 @post("/v1/completions", status_code=200)
@@ -181,11 +242,13 @@ async def completions(request: Request) -> Response[Any] | Stream:
     prompt = req.prompt_text()
     if not prompt:
         raise InvalidRequest("prompt must not be empty.", param="prompt")
-    session = await start(ctx, InferenceCall(spec.id, params, req.n, prompt=prompt))
+    call = InferenceCall(spec.id, params, req.n, prompt=prompt)
+    caller = caller_of(request, req)
     ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     echo = prompt if req.echo else ""
 
     if not req.stream:
+        session = await start(ctx, call, caller)
         texts, reasons = await collect(session, req.n)
         choices = [TextChoice(i, echo + texts[i], reasons[i]) for i in range(req.n)]
         return Response(TextCompletion(ident, created, spec.id, choices, usage_of(session)))
@@ -197,8 +260,4 @@ async def completions(request: Request) -> Response[Any] | Stream:
 
     first = [event(chunk(i, echo, None)) for i in range(req.n)] if echo else []
     usage = (lambda u: TextCompletion(ident, created, spec.id, [], u)) if include_usage else None
-    return Stream(
-        stream_events(session, first, chunk, usage),
-        media_type="text/event-stream",
-        headers=SSE_HEADERS,
-    )
+    return await stream_response(ctx, call, caller, first, chunk, usage)

@@ -22,10 +22,10 @@ LONG = 1900  # tokens: several seconds of work on the tiny model
 NO_EOS = {"2": -100}  # a random model may pick <|im_end|> early: forbid it
 
 
-def worker_of(server) -> int:
-    workers = server.workers()
-    assert len(workers) == 1, workers
-    return workers[0]
+def worker_of(server, model: str = "tiny-a") -> int:
+    pid = server.model(model)["pid"]
+    assert pid in server.workers()
+    return pid
 
 
 def busy_cpu(pid: int, window: float = 1.0) -> float:

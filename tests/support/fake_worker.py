@@ -1,7 +1,8 @@
 """A scripted stand-in for a worker process, for the registry's unit tests.
 
-It can be told to block its load until released, to fail its load, to emit a
-fixed list of tokens, or to die (as a killed process would).
+It can be told to block its load until released, to fail its load, to emit
+tokens only when the test lets it (``token_gate``), or to die as a killed
+process would.
 """
 
 from __future__ import annotations
@@ -10,21 +11,34 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from engine.errors import ModelLoadFailed, WorkerCrashed
+from engine.errors import ModelLoadFailed, RequestCancelled, WorkerCrashed
 from engine.protocol import ChatMessage, Delta, Finished, Loaded, SamplingParams, Started
 
 
 class FakeWorker:
-    def __init__(self, factory: FakeWorkers, on_exit: Callable[[str], None]) -> None:
+    def __init__(self, factory: FakeWorkers) -> None:
         self._factory = factory
-        self._on_exit = on_exit
+        self.on_exit: Callable[[str], None] | None = None
         self.alive = True
         self.loaded: str | None = None
         self.stopped = False
+        self.killed = False
+        self._cancel: str | None = None
+        self.in_flight = 0
+        self.pid: int | None = None
 
-    async def load(self, model_id: str, model_dir: Path, *, prompt_cache_size: int) -> Loaded:
+    async def load(
+        self,
+        model_id: str,
+        model_dir: Path,
+        *,
+        prompt_cache_size: int,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> Loaded:
         self._factory.loads.append(model_id)
         await self._factory.load_gate.wait()
+        if not self.alive:
+            raise ModelLoadFailed("the worker exited while loading")
         if model_id in self._factory.fail_loads:
             raise ModelLoadFailed(f"corrupt weights in {model_id}")
         self.loaded = model_id
@@ -37,23 +51,42 @@ class FakeWorker:
         messages: tuple[ChatMessage, ...] | None = None,
         prompt: str | None = None,
     ) -> AsyncIterator[Started | Delta | Finished]:
-        yield Started(1, 3, 0)
-        for i, token in enumerate(self._factory.tokens[: params.max_tokens]):
-            await asyncio.sleep(0)
-            if not self.alive:
-                raise WorkerCrashed("the model worker stopped: killed")
-            yield Delta(1, token, i + 1)
-        count = min(len(self._factory.tokens), params.max_tokens)
-        yield Finished(1, "length" if count == params.max_tokens else "stop", 3, count)
+        self.in_flight += 1
+        try:
+            yield Started(1, 3, 0)
+            for i, token in enumerate(self._factory.tokens[: params.max_tokens]):
+                await self._factory.token_gate.wait()
+                await asyncio.sleep(0)
+                if self._cancel is not None:
+                    raise RequestCancelled(self._cancel)
+                if not self.alive:
+                    raise WorkerCrashed("the model worker stopped: killed")
+                yield Delta(1, token, i + 1)
+            count = min(len(self._factory.tokens), params.max_tokens)
+            yield Finished(1, "length" if count == params.max_tokens else "stop", 3, count)
+        finally:
+            self.in_flight -= 1
+
+    def cancel_all(self, reason: str) -> int:
+        self._cancel = reason
+        return self.in_flight
 
     async def stop(self, timeout: float = 5.0) -> None:
         self.stopped = True
-        self.die("stopped")
+        self._exit("stopped")
+
+    def kill(self) -> None:
+        self.killed = True
+        self._exit("killed by signal 9")
 
     def die(self, reason: str = "killed by signal 9") -> None:
+        self._exit(reason)
+
+    def _exit(self, reason: str) -> None:
         if self.alive:
             self.alive = False
-            self._on_exit(reason)
+            if self.on_exit is not None:
+                self.on_exit(reason)
 
 
 class FakeWorkers:
@@ -66,8 +99,10 @@ class FakeWorkers:
         self.fail_loads: set[str] = set()
         self.load_gate = asyncio.Event()
         self.load_gate.set()
+        self.token_gate = asyncio.Event()
+        self.token_gate.set()
 
-    async def __call__(self, on_exit: Callable[[str], None]) -> FakeWorker:
-        worker = FakeWorker(self, on_exit)
+    async def __call__(self) -> FakeWorker:
+        worker = FakeWorker(self)
         self.spawned.append(worker)
         return worker

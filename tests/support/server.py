@@ -104,7 +104,14 @@ class GatewayServer:
         raise TimeoutError(f"gateway not ready after {timeout}s:\n{self.log_tail()}")
 
     def workers(self) -> list[int]:
+        """Every worker process, spare ones included."""
         return children(self.proc.pid)
+
+    def model(self, model_id: str) -> dict:
+        """The model's entry in /admin/models (state, pid, loads, waiting, ...)."""
+        response = httpx.get(f"{self.base_url}/admin/models/{model_id}", timeout=10)
+        response.raise_for_status()
+        return response.json()
 
     def log_tail(self, lines: int = 60) -> str:
         self._log.flush()

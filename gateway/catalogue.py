@@ -1,0 +1,56 @@
+"""Build the model store from the settings: catalogue, discovery and aliases."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from engine.discovery import discover_hf_cache
+from engine.store import ModelSpec, ModelStore, discover
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway")
+
+
+def build_store(settings: Settings) -> ModelStore:
+    """Catalogue entries win over discovered models of the same id; ``default``
+    is an alias of ``models.default``; operator aliases (exact or glob) follow."""
+    store = ModelStore()
+    if settings.models.discover_hf_cache:
+        for spec in discover_hf_cache():
+            store.add(spec)
+    if settings.models.discover:
+        for spec in discover(settings.models_path):
+            store.add(spec)
+    for model_id, entry in settings.models.catalogue.items():
+        path = Path(entry.path).expanduser() if entry.path else _hub_path(entry.repo)
+        store.add(
+            ModelSpec(
+                id=model_id,
+                path=path,
+                aliases=tuple(entry.aliases),
+                pinned=entry.pinned,
+                keep_alive=entry.keep_alive,
+                context_length=entry.context_length,
+                repo=entry.repo or None,
+                revision=entry.revision if entry.repo else None,
+            )
+        )
+    store.alias("default", settings.models.default)
+    for pattern, target in settings.models.aliases.items():
+        store.alias(pattern, target)
+    if store.resolve("default") is None:
+        log.warning("the default model %s is not in the catalogue", settings.models.default)
+    return store
+
+
+def _hub_path(repo: str) -> Path:
+    """Where a hub repo's snapshot is in the local Hugging Face cache (may not exist yet)."""
+    from huggingface_hub import constants
+
+    folder = "models--" + repo.replace("/", "--")
+    refs = Path(constants.HF_HUB_CACHE) / folder / "refs" / "main"
+    try:
+        return Path(constants.HF_HUB_CACHE) / folder / "snapshots" / refs.read_text().strip()
+    except OSError:
+        return Path(constants.HF_HUB_CACHE) / folder / "snapshots" / "missing"
