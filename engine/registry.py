@@ -633,10 +633,18 @@ class Registry:
         self._schedule()
 
     def request_unload(self, model_id: str) -> None:
-        """Drain ``model_id`` and unload it (its in-flight requests finish first)."""
+        """Drain ``model_id`` and unload it (its in-flight requests finish first);
+        a load in progress is cancelled."""
         slot = self._slot(model_id)
         if slot.state is ModelState.READY:
             self._drain(slot, reason="unload requested")
+        elif slot.state is ModelState.LOADING:
+            worker = slot.worker
+            if slot.task is not None:
+                slot.task.cancel()
+            self._load_failed(slot, f"the load of {model_id} was cancelled by an operator")
+            if worker is not None:
+                worker.kill()
 
     # --- deadlines -----------------------------------------------------------------
 

@@ -346,6 +346,20 @@ async def test_client_giving_up_while_queued_leaves_no_trace(make, workers):
     assert registry.status("a").leases == 0
 
 
+async def test_admin_can_cancel_a_load_in_progress(make, workers):
+    workers.load_gate.clear()
+    registry = make(load_wait=100)
+    want = asyncio.create_task(registry.acquire("a"))
+    await settle()
+    registry.request_unload("a")
+    with pytest.raises(ModelLoadFailed, match="cancelled by an operator"):
+        await want
+    assert registry.status("a").state is ModelState.FAILED
+    assert workers.spawned[0].killed
+    workers.load_gate.set()
+    registry.release(await registry.acquire("a"))
+
+
 async def test_spare_worker_is_used_for_the_next_load(make, workers):
     registry = make(spare_worker=True)
     await registry.start()
