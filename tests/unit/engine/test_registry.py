@@ -383,3 +383,15 @@ async def test_close_stops_every_worker_and_refuses_new_requests(make, workers):
     assert all(w.stopped for w in workers.spawned)
     with pytest.raises(ModelLoadFailed):
         await registry.acquire("a")
+
+
+async def test_registry_reports_wedged_when_the_watchdog_stops_ticking(make, clock):
+    registry = make(tick=0.01)
+    await registry.start()
+    await asyncio.sleep(0.05)
+    assert not registry.wedged
+    clock.advance(60)  # the watchdog has not run for a minute of registry time
+    assert registry.wedged
+    await asyncio.sleep(0.05)
+    assert not registry.wedged
+    await registry.close()

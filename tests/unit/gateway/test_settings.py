@@ -51,6 +51,10 @@ def test_config_path_from_environment(tmp_path):
             "engine.default_max_tokens",
         ),
         ("[server\n", {}, "gateway.toml"),
+        ("[models.catalogue.x]\npinned = true\n", {}, "models.catalogue.x"),
+        ('[models.catalogue.x]\npath = "/a"\nrepo = "o/r"\n', {}, "models.catalogue.x"),
+        ("", {"GATEWAY_ENGINE_MEMORY_BUDGET": "lots"}, "engine.memory_budget"),
+        ("", {"GATEWAY_ENGINE_MEMORY_BUDGET": "-1"}, "engine.memory_budget"),
     ],
 )
 def test_invalid_configuration_names_the_field(tmp_path, toml, env, field):
