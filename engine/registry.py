@@ -250,6 +250,19 @@ class Registry:
     def memory_budget(self) -> int:
         return self._config.memory_budget
 
+    def pinned_bytes(self, exclude: str | None = None) -> int:
+        """Memory held by pinned models (which no eviction can free)."""
+        return sum(
+            s.need.total
+            for s in self._slots.values()
+            if s.spec.id != exclude and s.spec.pinned and s.state in HOLDING and s.need
+        )
+
+    def typical_request_seconds(self) -> float:
+        """The mean duration of recent requests over all models (10 s before any)."""
+        durations = [d for s in self._slots.values() for d in s.durations]
+        return sum(durations) / len(durations) if durations else 10.0
+
     def need(self, model_id: str) -> MemoryNeed:
         """The memory the model needs (estimated once from its files)."""
         slot = self._slot(model_id)
@@ -343,11 +356,7 @@ class Registry:
             need = self.need(slot.spec.id)
         except MemoryEstimateError as exc:
             raise ModelLoadFailed(f"model {slot.spec.id} cannot be loaded: {exc}") from exc
-        pinned = sum(
-            s.need.total
-            for s in self._slots.values()
-            if s is not slot and s.spec.pinned and s.state in HOLDING and s.need
-        )
+        pinned = self.pinned_bytes(exclude=slot.spec.id)
         budget = self._config.memory_budget
         if need.total + pinned > budget:
             raise InsufficientMemory(

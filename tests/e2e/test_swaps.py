@@ -28,6 +28,7 @@ def three_models(bundled_models_dir, tiny_models_dir, tmp_path_factory):
     for name in ("tiny-a", "tiny-b"):
         (models / name).symlink_to(tiny_models_dir / name)
     fake_model_dir(models / "enormous", 400 * 1024**3)  # declares 400 GiB of weights
+    fake_model_dir(models / "corrupt", 1024)  # a header and no tensor data: the load fails
     return models
 
 
@@ -116,6 +117,22 @@ def test_model_over_the_budget_gets_507_and_nothing_is_unloaded(single_model_ser
     after = server.model("tiny-b")
     assert (after["state"], after["pid"]) == ("ready", before["pid"])
     assert states(server)["enormous"] == "absent"
+
+
+def test_failed_load_reports_its_reason_and_leaves_the_registry_consistent(
+    single_model_server,
+):
+    server = single_model_server
+    with sdk(server) as client:
+        with pytest.raises(openai.InternalServerError) as failed:
+            client.chat.completions.create(model="corrupt", messages=HELLO, max_tokens=2)
+        assert failed.value.status_code == 503
+        assert failed.value.code == "model_unavailable"
+        assert "failed to load" in failed.value.message
+        entry = server.model("corrupt")
+        assert entry["state"] == "failed" and entry["error"]
+        reply = client.chat.completions.create(model="tiny-b", messages=HELLO, max_tokens=2)
+    assert reply.choices[0].finish_reason in ("stop", "length")
 
 
 def test_admin_load_and_unload_drive_the_registry(single_model_server):
