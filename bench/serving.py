@@ -676,7 +676,13 @@ def bench(args: argparse.Namespace, model_dir: Path) -> tuple[dict[str, Any], li
         port = free_port()
         progress(f"starting gateway on 127.0.0.1:{port}")
         log = tmp / "gateway.log"
-        env = {**os.environ, "GATEWAY_MODELS_DEFAULT": model_dir.name}
+        # Loopback only, so the bench may turn authentication off (the gateway allows
+        # that only on loopback); a key lookup per request would not change the figures.
+        env = {
+            **os.environ,
+            "GATEWAY_MODELS_DEFAULT": model_dir.name,
+            "GATEWAY_AUTH_ENABLED": "false",
+        }
         stack.enter_context(
             running_server(
                 GATEWAY,

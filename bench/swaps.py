@@ -97,6 +97,7 @@ def models_dir(root: Path) -> Path:
 def gateway_env(**engine: Any) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env["GATEWAY_MODELS_DEFAULT"] = "tiny-a"
+    env["GATEWAY_AUTH_ENABLED"] = "false"  # loopback only
     env.update({f"GATEWAY_ENGINE_{k.upper()}": str(v).lower() for k, v in engine.items()})
     return env
 

@@ -5,18 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from litestar import Litestar
+from litestar.middleware import DefineMiddleware
 
 from engine.memory import physical_memory
 from engine.registry import Registry, RegistryConfig
 from engine.store import ModelStore
+from gateway.auth import Authenticator, AuthMiddleware
 from gateway.catalogue import build_store
 from gateway.context import AppContext
+from gateway.counters import UsageCounters
+from gateway.keystore import KeyStore
 from gateway.responses import handle_exception
-from gateway.routes import admin, health, models, openai
+from gateway.routes import admin, health, keys, models, openai
 from gateway.settings import Settings, memory_budget_bytes
+from policies.principal import Principal
 
 log = logging.getLogger("gateway")
 
@@ -42,10 +48,35 @@ def registry_config(settings: Settings) -> RegistryConfig:
     )
 
 
+def open_key_store(settings: Settings) -> KeyStore:
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    return KeyStore(settings.data_path / "gateway.db")
+
+
 def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
     store = store if store is not None else build_store(settings)
     registry = Registry(store, registry_config(settings))
-    ctx = AppContext(settings, store, registry)
+    key_store = open_key_store(settings)
+
+    def lookup(credential: str, now: float) -> Principal | None:
+        record = key_store.authenticate(credential, now)
+        return record.principal() if record is not None else None
+
+    def period_totals(key_id: str, since: float) -> tuple[int, int, list[float]]:
+        return (
+            key_store.tokens_since(key_id, since),
+            key_store.download_bytes_since(key_id, since),
+            key_store.loads_since(key_id, time.time() - 3600),
+        )
+
+    ctx = AppContext(
+        settings,
+        store,
+        registry,
+        Authenticator(settings.auth, lookup),
+        UsageCounters(period_totals),
+        key_store,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -59,6 +90,7 @@ def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
             yield
         finally:
             await asyncio.shield(registry.close())
+            key_store.close()
 
     app = Litestar(
         route_handlers=[
@@ -71,8 +103,15 @@ def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
             admin.admin_models,
             admin.admin_model,
             admin.admin_action,
+            keys.create_key,
+            keys.list_keys,
+            keys.show_key,
+            keys.update_key,
+            keys.revoke_key,
+            keys.usage,
         ],
         exception_handlers={Exception: handle_exception},
+        middleware=[DefineMiddleware(AuthMiddleware, exclude=["^/health$", "^/ready$"])],
         request_max_body_size=settings.server.max_body_bytes,
         lifespan=[lifespan],
         openapi_config=None,

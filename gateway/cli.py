@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gateway.cli_keys import add_key_commands
 from gateway.settings import Settings, SettingsError, field_docs, load_settings
 
 log = logging.getLogger("gateway")
@@ -37,6 +38,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if settings.models.default == BUNDLED_ID:
         ensure_bundled_model(settings.models_path, settings.data_path / "cache")
+    announce_auth(settings)
     app = create_app(settings)
     uvicorn.run(
         app,
@@ -46,6 +48,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=int(settings.engine.stop_timeout) + 1,
     )
     return 0
+
+
+def announce_auth(settings: Settings) -> None:
+    """Create and print the first admin key of an empty store; shout if auth is off."""
+    import time
+
+    from gateway.app import open_key_store
+    from gateway.keystore import ensure_admin_key
+
+    if not settings.auth.enabled:
+        banner = "!" * 78
+        print(
+            f"{banner}\n!! AUTHENTICATION IS DISABLED: anyone who can reach "
+            f"{settings.server.host}:{settings.server.port}\n!! can use, load and "
+            f"unload every model. Allowed only on loopback.\n{banner}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
+    with open_key_store(settings) as keys:
+        key = ensure_admin_key(keys, time.time())
+    if key is not None:
+        print(
+            "Created the first admin key (scopes infer,load,download,admin). It is shown only\n"
+            f"this once; store it now:\n\n    {key}\n",
+            flush=True,
+        )
 
 
 def cmd_models_import(args: argparse.Namespace) -> int:
@@ -109,6 +138,8 @@ def parser() -> argparse.ArgumentParser:
     lst = models_sub.add_parser("list", help="list models on disk")
     lst.add_argument("--models-dir")
     lst.set_defaults(func=cmd_models_list)
+
+    add_key_commands(sub)
 
     check = sub.add_parser("check-config", help="validate the configuration and print it")
     check.set_defaults(func=cmd_check_config)

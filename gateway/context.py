@@ -7,7 +7,10 @@ from dataclasses import dataclass
 
 from engine.registry import Registry
 from engine.store import ModelSpec, ModelStore
+from gateway.auth import Authenticator
+from gateway.counters import UsageCounters
 from gateway.errors import InvalidRequest, ModelNotFound
+from gateway.keystore import KeyStore
 from gateway.settings import Settings
 
 # Catalogue ids, aliases and hub repos ("org/name"): letters, digits and ._-:/@ only.
@@ -19,6 +22,9 @@ class AppContext:
     settings: Settings
     store: ModelStore
     registry: Registry
+    auth: Authenticator
+    counters: UsageCounters
+    keys: KeyStore | None
 
     def resolve_model(self, name: str) -> ModelSpec:
         """The catalogue model a request names; 400 for a malformed name, 404 if unknown."""

@@ -2,6 +2,9 @@
 
     GatewayError                      500 server_error / internal_error
     ├── InvalidRequest                400 invalid_request_error (param named)
+    ├── AuthenticationFailed          401 authentication_error / invalid_api_key
+    ├── PermissionDenied              403 permission_error (code from the policy)
+    ├── RateLimited                   429 rate_limit_error / rate_limit_exceeded
     ├── RequestTooLarge               413 invalid_request_error / request_too_large
     ├── RouteNotFound                 404 invalid_request_error / not_found
     ├── MethodNotAllowed              405 invalid_request_error / method_not_allowed
@@ -41,16 +44,37 @@ class GatewayError(Exception):
             self.code = code
         self.retry_after = retry_after
 
+    extra_headers: dict[str, str] | None = None
+
     def headers(self) -> dict[str, str]:
-        if self.retry_after is None:
-            return {}
-        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+        headers = dict(self.extra_headers or {})
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
+        return headers
 
 
 class InvalidRequest(GatewayError):
     status = 400
     type = "invalid_request_error"
     code = "invalid_request"
+
+
+class AuthenticationFailed(GatewayError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(GatewayError):
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
 
 
 class RequestTooLarge(GatewayError):

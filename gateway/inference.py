@@ -57,7 +57,7 @@ class InferenceSession:
         self._open = call.n
         self.prompt_tokens = 0
         self.cached_tokens = 0
-        self.completion_tokens = 0
+        self._generated = [0] * call.n  # per choice, as the worker reports them
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._run_choice(i)) for i in range(call.n)]
         for task in self._tasks:
@@ -72,8 +72,10 @@ class InferenceSession:
                 if isinstance(event, Started):
                     self._queue.put_nowait(event)
                 elif isinstance(event, Delta):
+                    self._generated[index] = event.completion_tokens
                     self._queue.put_nowait(TextOut(index, event.text))
                 elif isinstance(event, Finished):
+                    self._generated[index] = event.completion_tokens
                     if event.text:
                         self._queue.put_nowait(TextOut(index, event.text))
                     self._queue.put_nowait(
@@ -109,9 +111,13 @@ class InferenceSession:
                 raise event.error
             if isinstance(event, ChoiceEnd):
                 remaining -= 1
-                self.completion_tokens += event.completion_tokens
             assert isinstance(event, TextOut | ChoiceEnd)
             yield event
+
+    @property
+    def completion_tokens(self) -> int:
+        """Tokens generated so far (all of them once every choice has ended)."""
+        return sum(self._generated)
 
     def close(self) -> None:
         for task in self._tasks:

@@ -137,6 +137,20 @@ class EngineSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ] = True
 
 
+class AuthSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    enabled: Annotated[
+        bool, _doc("Require an API key or JWT on every API route; off only on loopback.")
+    ] = True
+    jwt_algorithm: Annotated[
+        Literal["", "HS256", "RS256", "ES256"],
+        _doc("Accept JWTs signed with this algorithm (empty: gateway keys only)."),
+    ] = ""
+    jwt_secret: Annotated[str, _doc("HS256 shared secret (prefer GATEWAY_AUTH_JWT_SECRET).")] = ""
+    jwt_public_key_file: Annotated[str, _doc("PEM public key file for RS256 or ES256 tokens.")] = ""
+    jwt_issuer: Annotated[str, _doc("Required `iss` claim of JWTs (empty: not checked).")] = ""
+    jwt_audience: Annotated[str, _doc("Required `aud` claim of JWTs (empty: not checked).")] = ""
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     data_dir: Annotated[str, _doc("Where the gateway keeps its models, caches and database.")] = (
         "~/.local/share/mlx-gateway"
@@ -144,6 +158,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     server: ServerSettings = ServerSettings()
     models: ModelsSettings = ModelsSettings()
     engine: EngineSettings = EngineSettings()
+    auth: AuthSettings = AuthSettings()
 
     @property
     def data_path(self) -> Path:
@@ -158,6 +173,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "server": ServerSettings,
     "models": ModelsSettings,
     "engine": EngineSettings,
+    "auth": AuthSettings,
 }
 
 
@@ -251,10 +267,26 @@ def load_settings(
     if settings.engine.default_max_tokens > settings.engine.max_tokens_limit:
         raise SettingsError("engine.default_max_tokens: must not exceed engine.max_tokens_limit")
     memory_budget_bytes(settings.engine.memory_budget, physical=1)  # validates the syntax
+    _check_auth(settings)
     for model_id, entry in settings.models.catalogue.items():
         if bool(entry.path) == bool(entry.repo):
             raise SettingsError(f"models.catalogue.{model_id}: give exactly one of path or repo")
     return settings
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _check_auth(settings: Settings) -> None:
+    auth = settings.auth
+    if not auth.enabled and settings.server.host not in LOOPBACK:
+        raise SettingsError(
+            "auth.enabled: authentication may be disabled only when server.host is loopback"
+        )
+    if auth.jwt_algorithm == "HS256" and len(auth.jwt_secret) < 32:
+        raise SettingsError("auth.jwt_secret: HS256 needs a secret of at least 32 characters")
+    if auth.jwt_algorithm in ("RS256", "ES256") and not auth.jwt_public_key_file:
+        raise SettingsError(f"auth.jwt_public_key_file: {auth.jwt_algorithm} needs a public key")
 
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}

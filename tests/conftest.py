@@ -72,7 +72,7 @@ def make_client() -> Iterator[Callable[..., openai.OpenAI]]:
 
     def make(server: GatewayServer, *, retries: int = 0) -> openai.OpenAI:
         client = openai.OpenAI(
-            base_url=server.base_url + "/v1", api_key="unused", max_retries=retries
+            base_url=server.base_url + "/v1", api_key=server.admin_key, max_retries=retries
         )
         clients.append(client)
         return client

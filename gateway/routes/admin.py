@@ -13,6 +13,7 @@ from litestar import Request, Response, get, post
 
 from engine.errors import EngineError
 from engine.registry import ModelStatus
+from gateway.auth import require_admin
 from gateway.context import AppContext
 from gateway.errors import RouteNotFound
 from gateway.responses import from_engine
@@ -71,7 +72,7 @@ def context(request: Request) -> AppContext:
     return request.app.state.ctx  # type: ignore[no-any-return]
 
 
-@get("/admin/models")
+@get("/admin/models", guards=[require_admin])
 async def admin_models(request: Request) -> ModelsView:
     registry = context(request).registry
     return ModelsView(
@@ -82,7 +83,7 @@ async def admin_models(request: Request) -> ModelsView:
     )
 
 
-@get("/admin/models/{model_id:path}")
+@get("/admin/models/{model_id:path}", guards=[require_admin])
 async def admin_model(request: Request, model_id: str) -> ModelView:
     ctx = context(request)
     spec = ctx.resolve_model(model_id.lstrip("/"))
@@ -95,7 +96,7 @@ def accepted(spec_id: str, ctx: AppContext) -> Response[Any]:
     return Response(body, status_code=202, headers={"Location": url})
 
 
-@post("/admin/models/{target:path}", status_code=202)
+@post("/admin/models/{target:path}", status_code=202, guards=[require_admin])
 async def admin_action(request: Request, target: str) -> Response[Any]:
     """``POST /admin/models/{id}/load`` and ``POST /admin/models/{id}/unload``.
 

@@ -6,8 +6,11 @@ from litestar import Request, get
 
 from engine.registry import ModelState
 from engine.store import ModelSpec
+from gateway.auth import principal_of
 from gateway.context import AppContext
+from gateway.errors import ModelNotFound
 from gateway.openai_schema import ModelCard, ModelList
+from policies.allowlist import model_allowed
 
 
 def card(ctx: AppContext, spec: ModelSpec) -> ModelCard:
@@ -30,11 +33,21 @@ def card(ctx: AppContext, spec: ModelSpec) -> ModelCard:
 
 @get("/v1/models")
 async def list_models(request: Request) -> ModelList:
+    """The models this key may use (its allowlist), nothing else."""
     ctx: AppContext = request.app.state.ctx
-    return ModelList([card(ctx, spec) for spec in ctx.store.all()])
+    principal = principal_of(request)
+    return ModelList(
+        [card(ctx, spec) for spec in ctx.store.all() if model_allowed(principal, spec.id)]
+    )
 
 
 @get("/v1/models/{model_id:path}")
 async def retrieve_model(request: Request, model_id: str) -> ModelCard:
     ctx: AppContext = request.app.state.ctx
-    return card(ctx, ctx.resolve_model(model_id.lstrip("/")))
+    name = model_id.lstrip("/")
+    spec = ctx.resolve_model(name)
+    if not model_allowed(principal_of(request), spec.id):
+        raise ModelNotFound(
+            f"The model `{name}` does not exist or you do not have access to it.", param="model"
+        )
+    return card(ctx, spec)

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from litestar import Request, Response, post
 from litestar.response import Stream
 
-from engine.errors import EngineError
 from engine.protocol import ChatMessage, SamplingParams
-from engine.registry import ModelState
+from gateway.admission import admit
+from gateway.auth import principal_of
 from gateway.context import AppContext
-from gateway.errors import InvalidRequest
-from gateway.inference import ChoiceEnd, InferenceCall, InferenceSession, TextOut, open_session
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.generation import Counts, complete, stream
+from gateway.inference import InferenceCall
 from gateway.openai_schema import (
     AssistantMessage,
     ChatChoice,
@@ -33,9 +33,10 @@ from gateway.openai_schema import (
     TextCompletion,
     Usage,
 )
-from gateway.responses import decode_body, error_body, from_engine
+from gateway.responses import decode_body, error_body
 from gateway.settings import EngineSettings
-from gateway.sse import DONE, SSE_HEADERS, event
+from gateway.sse import DONE, event
+from policies.principal import Principal
 
 
 def sampling_params(
@@ -72,123 +73,57 @@ def sampling_params(
     )
 
 
-KEEPALIVE_SECONDS = 5.0
+def caller_of(principal: Principal) -> str:
+    """The fair-queue tag of a request: the key it came with."""
+    return principal.key_id
 
 
-async def start(ctx: AppContext, call: InferenceCall, caller: str) -> InferenceSession:
-    try:
-        return await open_session(ctx.registry, call, caller=caller)
-    except EngineError as exc:
-        raise from_engine(exc) from exc
+def estimated_tokens(text_chars: int, params: SamplingParams, n: int) -> int:
+    """What a request may cost, for tokens-per-minute limits before it runs: about four
+    characters per prompt token, plus every completion token it may generate."""
+    return text_chars // 4 + 1 + params.max_tokens * n
 
 
-def caller_of(request: Request, req: SamplingFields) -> str:
-    """The fair-queue tag of a request (the API key's id once keys exist)."""
-    return req.user or (request.client.host if request.client else "-")
-
-
-def usage_of(session: InferenceSession) -> Usage:
+def usage_of(counts: Counts) -> Usage:
     return Usage(
-        session.prompt_tokens,
-        session.completion_tokens,
-        session.prompt_tokens + session.completion_tokens,
-        PromptTokensDetails(session.cached_tokens),
+        counts.prompt_tokens,
+        counts.completion_tokens,
+        counts.prompt_tokens + counts.completion_tokens,
+        PromptTokensDetails(counts.cached_tokens),
     )
 
 
-async def collect(session: InferenceSession, n: int) -> tuple[list[str], list[str]]:
-    """Run a session to the end; the text and finish reason of each choice."""
-    texts = [""] * n
-    reasons = ["stop"] * n
-    try:
-        async for item in session.events():
-            if isinstance(item, TextOut):
-                texts[item.index] += item.text
-            else:
-                reasons[item.index] = item.finish_reason
-    except EngineError as exc:
-        raise from_engine(exc) from exc
-    finally:
-        session.close()
-    return texts, reasons
+class OpenAIRenderer:
+    """OpenAI's SSE frames; ``chunk`` builds one chunk of the route's object type."""
 
+    def __init__(
+        self,
+        chunk: Callable[[int, str | None, str | None], Any],
+        first: list[bytes],
+        usage_chunk: Callable[[Usage], Any] | None,
+    ) -> None:
+        self._chunk = chunk
+        self._first = first
+        self._usage_chunk = usage_chunk
 
-async def stream_events(
-    session: InferenceSession,
-    first: list[bytes],
-    chunk: Callable[[int, str | None, str | None], Any],
-    usage_chunk: Callable[[Usage], Any] | None,
-) -> AsyncIterator[bytes]:
-    """SSE frames for a session; an engine failure mid-stream becomes an error event."""
-    try:
-        for frame in first:
-            yield frame
-        async for item in session.events():
-            if isinstance(item, TextOut):
-                if item.text:
-                    yield event(chunk(item.index, item.text, None))
-            elif isinstance(item, ChoiceEnd):
-                yield event(chunk(item.index, None, item.finish_reason))
-        if usage_chunk is not None:
-            yield event(usage_chunk(usage_of(session)))
-        yield DONE
-    except EngineError as exc:
-        yield event(error_body(from_engine(exc)))
-    finally:
-        session.close()
+    def opening(self, counts: Counts) -> list[bytes]:
+        return self._first
 
+    def text(self, index: int, text: str) -> bytes:
+        return event(self._chunk(index, text, None))
 
-async def wait_then_stream(
-    opening: Callable[[], Awaitable[InferenceSession]],
-    first: list[bytes],
-    chunk: Callable[[int, str | None, str | None], Any],
-    usage_chunk: Callable[[Usage], Any] | None,
-) -> AsyncIterator[bytes]:
-    """Start the SSE response at once and send comment keep-alives while the model
-    loads, so proxies and clients do not time out; then stream as usual."""
-    task = asyncio.ensure_future(opening())
-    try:
-        while not task.done():
-            done, _ = await asyncio.wait({task}, timeout=KEEPALIVE_SECONDS)
-            if not done:
-                yield b": waiting for the model to load\n\n"
-        session = task.result()
-    except EngineError as exc:
-        yield event(error_body(from_engine(exc)))
-        return
-    finally:
-        if not task.done():
-            task.cancel()
-    async for frame in stream_events(session, first, chunk, usage_chunk):
-        yield frame
+    def choice_end(self, index: int, finish_reason: str, counts: Counts) -> bytes:
+        return event(self._chunk(index, None, finish_reason))
 
+    def closing(self, counts: Counts) -> list[bytes]:
+        frames = [event(self._usage_chunk(usage_of(counts)))] if self._usage_chunk else []
+        return [*frames, DONE]
 
-async def stream_response(
-    ctx: AppContext,
-    call: InferenceCall,
-    caller: str,
-    first: list[bytes],
-    chunk: Callable[[int, str | None, str | None], Any],
-    usage_chunk: Callable[[Usage], Any] | None,
-) -> Stream:
-    """A streaming response: errors before the first byte are HTTP errors; a model that
-    is not ready is waited for up to ``stream_load_wait`` behind keep-alive comments."""
-    registry = ctx.registry
-    if registry.status(call.model_id).state is ModelState.READY:
-        session = await start(ctx, call, caller)
-        body = stream_events(session, first, chunk, usage_chunk)
-    else:
-        try:
-            registry.precheck(call.model_id)
-        except EngineError as exc:
-            raise from_engine(exc) from exc
-        wait = ctx.settings.engine.stream_load_wait
+    def error(self, error: GatewayError) -> bytes:
+        return event(error_body(error))
 
-        def opening() -> Awaitable[InferenceSession]:
-            return open_session(registry, call, caller=caller, wait=wait)
-
-        body = wait_then_stream(opening, first, chunk, usage_chunk)
-    return Stream(body, media_type="text/event-stream", headers=SSE_HEADERS)
+    def keepalive(self) -> bytes:
+        return b": waiting for the model to load\n\n"
 
 
 def context(request: Request) -> AppContext:
@@ -205,14 +140,24 @@ async def chat_completions(request: Request) -> Response[Any] | Stream:
         ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in req.messages
     )
     call = InferenceCall(spec.id, params, req.n, messages=messages)
-    caller = caller_of(request, req)
+    principal = principal_of(request)
+    chars = sum(len(m.content) for m in messages)
+    admission = admit(
+        ctx,
+        principal,
+        spec,
+        requested_tokens=estimated_tokens(chars, params, req.n),
+        route="/v1/chat/completions",
+    )
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     if not req.stream:
-        session = await start(ctx, call, caller)
-        texts, reasons = await collect(session, req.n)
-        choices = [ChatChoice(i, AssistantMessage(texts[i]), reasons[i]) for i in range(req.n)]
-        return Response(ChatCompletion(ident, created, spec.id, choices, usage_of(session)))
+        done = await complete(ctx, call, caller_of(principal), admission)
+        choices = [
+            ChatChoice(i, AssistantMessage(done.texts[i]), done.finish_reasons[i])
+            for i in range(req.n)
+        ]
+        return Response(ChatCompletion(ident, created, spec.id, choices, usage_of(done.counts)))
 
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     chunk_type = ChatCompletionChunkWithUsage if include_usage else ChatCompletionChunk
@@ -230,7 +175,8 @@ async def chat_completions(request: Request) -> Response[Any] | Stream:
         if include_usage
         else None
     )
-    return await stream_response(ctx, call, caller, first, chunk, usage)
+    renderer = OpenAIRenderer(chunk, first, usage)
+    return await stream(ctx, call, caller_of(principal), admission, renderer)
 
 
 @post("/v1/completions", status_code=200)
@@ -243,15 +189,23 @@ async def completions(request: Request) -> Response[Any] | Stream:
     if not prompt:
         raise InvalidRequest("prompt must not be empty.", param="prompt")
     call = InferenceCall(spec.id, params, req.n, prompt=prompt)
-    caller = caller_of(request, req)
+    principal = principal_of(request)
+    admission = admit(
+        ctx,
+        principal,
+        spec,
+        requested_tokens=estimated_tokens(len(prompt), params, req.n),
+        route="/v1/completions",
+    )
     ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     echo = prompt if req.echo else ""
 
     if not req.stream:
-        session = await start(ctx, call, caller)
-        texts, reasons = await collect(session, req.n)
-        choices = [TextChoice(i, echo + texts[i], reasons[i]) for i in range(req.n)]
-        return Response(TextCompletion(ident, created, spec.id, choices, usage_of(session)))
+        done = await complete(ctx, call, caller_of(principal), admission)
+        choices = [
+            TextChoice(i, echo + done.texts[i], done.finish_reasons[i]) for i in range(req.n)
+        ]
+        return Response(TextCompletion(ident, created, spec.id, choices, usage_of(done.counts)))
 
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
@@ -260,4 +214,5 @@ async def completions(request: Request) -> Response[Any] | Stream:
 
     first = [event(chunk(i, echo, None)) for i in range(req.n)] if echo else []
     usage = (lambda u: TextCompletion(ident, created, spec.id, [], u)) if include_usage else None
-    return await stream_response(ctx, call, caller, first, chunk, usage)
+    renderer = OpenAIRenderer(chunk, first, usage)
+    return await stream(ctx, call, caller_of(principal), admission, renderer)

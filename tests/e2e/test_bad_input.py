@@ -285,7 +285,7 @@ def test_bad_request_gets_openai_error_shape_and_right_status(
         method,
         tiny_server.base_url + path,
         content=body,
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", **tiny_server.headers},
         timeout=60,
     )
     assert response.status_code == status, response.text

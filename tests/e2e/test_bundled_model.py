@@ -19,7 +19,7 @@ def sdk(bundled_server):
     import openai
 
     client = openai.OpenAI(
-        base_url=bundled_server.base_url + "/v1", api_key="unused", max_retries=0
+        base_url=bundled_server.base_url + "/v1", api_key=bundled_server.admin_key, max_retries=0
     )
     yield client
     client.close()

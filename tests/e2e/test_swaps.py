@@ -49,11 +49,11 @@ def single_model_server(three_models, tmp_path_factory):
 
 
 def sdk(server: GatewayServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0)
+    return openai.OpenAI(base_url=server.base_url + "/v1", api_key=server.admin_key, max_retries=0)
 
 
 def states(server: GatewayServer) -> dict[str, str]:
-    models = httpx.get(server.base_url + "/admin/models", timeout=10).json()["data"]
+    models = httpx.get(server.base_url + "/admin/models", headers=server.headers).json()["data"]
     return {m["id"]: m["state"] for m in models}
 
 
@@ -137,16 +137,21 @@ def test_failed_load_reports_its_reason_and_leaves_the_registry_consistent(
 
 def test_admin_load_and_unload_drive_the_registry(single_model_server):
     server = single_model_server
-    response = httpx.post(server.base_url + "/admin/models/tiny-a/load", timeout=10)
+    response = httpx.post(server.base_url + "/admin/models/tiny-a/load", headers=server.headers)
     assert response.status_code == 202
     assert response.headers["location"] == "/admin/models/tiny-a"
     wait_for_state(server, "tiny-a", "ready")
     assert states(server)["tiny-b"] == "absent"  # single-model mode swapped it out
     pid = server.model("tiny-a")["pid"]
-    assert httpx.post(server.base_url + "/admin/models/tiny-a/unload").status_code == 202
+    assert (
+        httpx.post(
+            server.base_url + "/admin/models/tiny-a/unload", headers=server.headers
+        ).status_code
+        == 202
+    )
     wait_for_state(server, "tiny-a", "absent")
     assert pid not in server.workers()  # the worker process is gone: its memory is back
-    missing = httpx.post(server.base_url + "/admin/models/ghost/load")
+    missing = httpx.post(server.base_url + "/admin/models/ghost/load", headers=server.headers)
     assert missing.status_code == 404
 
 
@@ -192,7 +197,7 @@ def test_budget_for_two_evicts_the_least_recently_used_of_three(three_models, tm
         wait_for_state(server, "smollm2-135m-instruct", "absent")
         assert states(server)["tiny-a"] == "ready"
         assert states(server)["tiny-b"] == "ready"
-        admin = httpx.get(server.base_url + "/admin/models").json()
+        admin = httpx.get(server.base_url + "/admin/models", headers=server.headers).json()
         assert admin["memory_used_bytes"] <= admin["memory_budget_bytes"]
     finally:
         server.stop()

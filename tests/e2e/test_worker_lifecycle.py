@@ -43,7 +43,8 @@ def test_client_disconnect_mid_stream_stops_generation_in_the_worker(tiny_server
         "stream": True,
         "logit_bias": NO_EOS,
     }
-    with httpx.stream("POST", tiny_server.base_url + "/v1/chat/completions", json=body) as r:
+    url = tiny_server.base_url + "/v1/chat/completions"
+    with httpx.stream("POST", url, json=body, headers=tiny_server.headers) as r:
         assert r.status_code == 200
         lines = r.iter_lines()
         received = [next(lines) for _ in range(6)]

@@ -9,8 +9,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+
+from policies.principal import Limits
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,6 +46,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def create_key(
+    data_dir: Path,
+    name: str,
+    *,
+    scopes: tuple[str, ...] = ("infer",),
+    models: tuple[str, ...] = ("*",),
+    limits: Limits | None = None,
+) -> str:
+    from gateway.keystore import KeyStore
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with KeyStore(data_dir / "gateway.db") as store:
+        _, key = store.create_key(
+            name, scopes=scopes, models=models, limits=limits or Limits(), now=time.time()
+        )
+    return key
+
+
 class GatewayServer:
     def __init__(
         self,
@@ -54,9 +75,13 @@ class GatewayServer:
         wait_ready: bool = True,
     ) -> None:
         self.port = free_port()
+        self.data_dir = data_dir
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = data_dir / f"gateway-{self.port}.log"
         data_dir.mkdir(parents=True, exist_ok=True)
+        self.admin_key = self.create_key(
+            "test-admin", scopes=("infer", "load", "download", "admin")
+        )
         full_env = (
             {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
             | {"GATEWAY_MODELS_DEFAULT": default_model, "PYTHONUNBUFFERED": "1"}
@@ -103,13 +128,23 @@ class GatewayServer:
             time.sleep(0.2)
         raise TimeoutError(f"gateway not ready after {timeout}s:\n{self.log_tail()}")
 
+    def create_key(self, name: str, **fields: Any) -> str:
+        """A new key in this server's store (the same file the server uses)."""
+        return create_key(self.data_dir, name, **fields)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_key}"}
+
     def workers(self) -> list[int]:
         """Every worker process, spare ones included."""
         return children(self.proc.pid)
 
     def model(self, model_id: str) -> dict:
         """The model's entry in /admin/models (state, pid, loads, waiting, ...)."""
-        response = httpx.get(f"{self.base_url}/admin/models/{model_id}", timeout=10)
+        response = httpx.get(
+            f"{self.base_url}/admin/models/{model_id}", headers=self.headers, timeout=10
+        )
         response.raise_for_status()
         return response.json()
 

@@ -37,10 +37,11 @@ def test_package_does_not_import_upstream_layers(package):
         assert not bad, f"{path.relative_to(REPO)} imports {bad}"
 
 
-def test_gateway_process_never_imports_mlx():
+def test_gateway_process_never_imports_mlx(tmp_path):
     code = (
         "import sys, gateway.app, gateway.cli, gateway.routes.openai\n"
-        "gateway.app.create_app(__import__('gateway.settings').settings.load_settings(environ={}))\n"
+        "from gateway.settings import load_settings\n"
+        f"gateway.app.create_app(load_settings(environ={{'GATEWAY_DATA_DIR': '{tmp_path}'}}))\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm'))\n"
         "print(bad); sys.exit(1 if bad else 0)\n"
     )

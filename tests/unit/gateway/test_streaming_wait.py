@@ -1,4 +1,5 @@
-"""A streaming request that waits for its model gets keep-alive comments, then its stream."""
+"""A streaming request that waits for its model gets keep-alive comments, then its stream;
+its concurrency slot is released on every path."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import asyncio
 import pytest
 
 from engine.errors import ModelNotReady
-from gateway.routes import openai as routes
+from gateway import generation
+from gateway.errors import GatewayError
 
 pytestmark = pytest.mark.anyio
 
@@ -23,30 +25,84 @@ class Session:
         pass
 
 
-async def collect(opening) -> list[bytes]:
-    frames = routes.wait_then_stream(opening, [b"data: first\n\n"], lambda *a: {}, None)
-    return [frame async for frame in frames]
+class Admission:
+    def __init__(self) -> None:
+        self.released = 0
+        self.recorded: list[tuple[int, int, int]] = []
+
+    def release(self) -> None:
+        self.released += 1
+
+    async def record(self, prompt: int, completion: int, status: int) -> None:
+        self.recorded.append((prompt, completion, status))
+
+    def record_soon(self, prompt: int, completion: int, status: int) -> None:
+        self.recorded.append((prompt, completion, status))
+
+
+class Renderer:
+    def opening(self, counts):
+        return [b"open"]
+
+    def text(self, index, text):
+        return text.encode()
+
+    def choice_end(self, index, reason, counts):
+        return b"end"
+
+    def closing(self, counts):
+        return [b"done"]
+
+    def error(self, error: GatewayError):
+        return f"error {error.code}".encode()
+
+    def keepalive(self):
+        return b": wait"
+
+
+async def frames(opening, admission) -> list[bytes]:
+    body = generation._wait_then_frames(opening, admission, Renderer())
+    return [frame async for frame in body]
 
 
 async def test_keep_alive_comments_are_sent_while_the_model_loads(monkeypatch):
-    monkeypatch.setattr(routes, "KEEPALIVE_SECONDS", 0.01)
+    monkeypatch.setattr(generation, "KEEPALIVE_SECONDS", 0.01)
+    admission = Admission()
 
     async def slow_open():
         await asyncio.sleep(0.05)
         return Session()
 
-    frames = await collect(slow_open)
-    assert frames[0].startswith(b": ")
-    assert frames[-2:] == [b"data: first\n\n", b"data: [DONE]\n\n"]
+    out = await frames(slow_open, admission)
+    assert out[0] == b": wait"
+    assert out[-2:] == [b"open", b"done"]
+    assert admission.recorded == [(0, 0, 200)]
+    assert admission.released >= 1
 
 
 async def test_a_wait_that_fails_ends_the_stream_with_an_error_event(monkeypatch):
-    monkeypatch.setattr(routes, "KEEPALIVE_SECONDS", 0.01)
+    monkeypatch.setattr(generation, "KEEPALIVE_SECONDS", 0.01)
+    admission = Admission()
 
     async def failing_open():
         await asyncio.sleep(0.02)
         raise ModelNotReady("model x is not ready (x is loading)", retry_after=3)
 
-    frames = await collect(failing_open)
-    assert frames[-1].startswith(b'data: {"error":')
-    assert b"model_loading" in frames[-1]
+    out = await frames(failing_open, admission)
+    assert out[-1] == b"error model_loading"
+    assert admission.released >= 1
+
+
+async def test_client_leaving_during_the_wait_releases_the_slot(monkeypatch):
+    monkeypatch.setattr(generation, "KEEPALIVE_SECONDS", 0.01)
+    admission = Admission()
+    opened = asyncio.Event()
+
+    async def never_open():
+        opened.set()
+        await asyncio.sleep(3600)
+
+    body = generation._wait_then_frames(never_open, admission, Renderer())
+    assert await anext(body) == b": wait"
+    await body.aclose()
+    assert admission.released >= 1

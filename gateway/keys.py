@@ -1,0 +1,68 @@
+"""Gateway keys: ``gw-<id>-<secret>``, their hashes, and quota strings.
+
+``id`` is 8 lowercase hex characters and names the key in lists and logs;
+``secret`` is 43 URL-safe characters (256 random bits) and is shown once, at
+creation.  Only the SHA-256 of the secret is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+
+from gateway.settings import SettingsError, parse_size
+
+PREFIX = "gw"
+_ID = re.compile(r"[0-9a-f]{8}")
+_SECRET = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+def new_key() -> tuple[str, str, str]:
+    """A fresh key: ``(key_id, full_key, secret_hash)``."""
+    key_id = secrets.token_hex(4)
+    secret = secrets.token_urlsafe(32)
+    return key_id, f"{PREFIX}-{key_id}-{secret}", hash_secret(secret)
+
+
+def parse_key(text: object) -> tuple[str, str] | None:
+    """``(key_id, secret)`` of a well-formed key, else ``None`` (never raises).
+
+    The secret may itself contain ``-``, so only the first two are separators.
+    """
+    if not isinstance(text, str):
+        return None
+    parts = text.split("-", 2)
+    if len(parts) != 3 or parts[0] != PREFIX:
+        return None
+    key_id, secret = parts[1], parts[2]
+    if not _ID.fullmatch(key_id) or not _SECRET.fullmatch(secret):
+        return None
+    return key_id, secret
+
+
+def hash_secret(secret: str) -> str:
+    """Hex SHA-256 of a secret.
+
+    A fast hash is right here, unlike for passwords: the secret is 256 bits
+    from ``secrets``, so there is nothing to guess and no dictionary to try;
+    a slow KDF (bcrypt, scrypt) would only add latency to every request.
+    """
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def verify(secret: str, stored_hash: str) -> bool:
+    """Whether ``secret`` hashes to ``stored_hash``, compared in constant time."""
+    return hmac.compare_digest(hash_secret(secret).encode(), stored_hash.encode())
+
+
+def parse_quota(text: str, field: str = "download quota") -> int:
+    """``"20GB/day"`` as bytes per day; only ``/day`` is accepted.
+
+    Raises ``SettingsError`` (a ``ValueError``) naming ``field``.
+    """
+    amount, sep, period = text.partition("/")
+    if not sep or period.strip().lower() != "day":
+        raise SettingsError(f"{field}: {text!r} is not a quota such as 20GB/day")
+    return parse_size(amount, field)

@@ -1,0 +1,439 @@
+"""Gateway keys and their usage, in one SQLite database (``<data_dir>/gateway.db``).
+
+Writes go through the process's single writer thread (``sqlite_writer``) and
+are committed when the call returns; reads use pooled read connections.  The
+sync API serves the CLI; the ``a``-prefixed coroutines serve the server.
+Secrets are never stored: only their SHA-256 (see ``gateway.keys``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import EllipsisType
+from typing import Any, TypeVar
+
+from gateway.keys import hash_secret, new_key, parse_key, verify
+from gateway.sqlite_writer import ReadPool, SQLiteWriter
+from policies.principal import SCOPES, Limits, Principal
+
+T = TypeVar("T")
+
+# Append only: a database at version N gets MIGRATIONS[N:] applied when opened.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        secret_hash TEXT NOT NULL,
+        scopes TEXT NOT NULL,            -- comma list
+        models TEXT NOT NULL,            -- JSON list of globs
+        rpm INTEGER,
+        tpm INTEGER,
+        max_concurrent INTEGER,
+        tokens_per_day INTEGER,
+        loads_per_hour INTEGER,
+        download_bytes_per_day INTEGER,
+        created_at REAL NOT NULL,
+        expires_at REAL,
+        revoked_at REAL
+    );
+    CREATE TABLE usage (
+        id INTEGER PRIMARY KEY,
+        key_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        route TEXT NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        status INTEGER NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX usage_key_at ON usage (key_id, at);
+    """,
+    """
+    CREATE TABLE downloads (
+        id INTEGER PRIMARY KEY,
+        key_id TEXT NOT NULL,
+        repo TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX downloads_key_at ON downloads (key_id, at);
+    CREATE TABLE loads (
+        id INTEGER PRIMARY KEY,
+        key_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX loads_key_at ON loads (key_id, at);
+    """,
+]
+
+# Limits field -> keys column.
+LIMIT_COLUMNS = {
+    "requests_per_minute": "rpm",
+    "tokens_per_minute": "tpm",
+    "max_concurrent": "max_concurrent",
+    "tokens_per_day": "tokens_per_day",
+    "loads_per_hour": "loads_per_hour",
+    "download_bytes_per_day": "download_bytes_per_day",
+}
+_DUMMY_HASH = hash_secret("")  # compared against when the id is unknown, to take the same time
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    id: str
+    name: str
+    scopes: frozenset[str]
+    models: tuple[str, ...]
+    limits: Limits
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+
+    def principal(self) -> Principal:
+        return Principal(self.id, self.name, self.scopes, self.models, self.limits)
+
+    def active(self, now: float) -> bool:
+        """Not revoked and not expired."""
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+
+def _record(row: sqlite3.Row) -> KeyRecord:
+    limits = Limits(**{field: row[column] for field, column in LIMIT_COLUMNS.items()})
+    return KeyRecord(
+        id=row["id"],
+        name=row["name"],
+        scopes=frozenset(s for s in row["scopes"].split(",") if s),
+        models=tuple(json.loads(row["models"])),
+        limits=limits,
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        revoked_at=row["revoked_at"],
+    )
+
+
+def _check_scopes(scopes: Iterable[str]) -> str:
+    if isinstance(scopes, str):
+        raise TypeError("scopes: give a collection of scope names, not one string")
+    chosen = set(scopes)
+    if not chosen or chosen - set(SCOPES):
+        raise ValueError(f"scopes: {sorted(chosen)} must be among {', '.join(SCOPES)}")
+    return ",".join(s for s in SCOPES if s in chosen)
+
+
+def _check_models(models: Iterable[str]) -> str:
+    if isinstance(models, str):
+        raise TypeError("models: give a collection of glob patterns, not one string")
+    globs = list(models)
+    if not globs or not all(isinstance(g, str) and g.strip() == g and g for g in globs):
+        raise ValueError(f"models: {globs!r} must be non-empty glob patterns")
+    return json.dumps(globs)
+
+
+def _check_limits(limits: Limits) -> list[int | None]:
+    values = [getattr(limits, field) for field in LIMIT_COLUMNS]
+    for field, value in zip(LIMIT_COLUMNS, values, strict=True):
+        if value is not None and (type(value) is not int or value < 0):
+            raise ValueError(f"{field}: {value!r} must be a non-negative integer or None")
+    return values
+
+
+def _fetch(conn: sqlite3.Connection, key_id: str) -> KeyRecord:
+    row = conn.execute("SELECT * FROM keys WHERE id = ?", (key_id,)).fetchone()
+    if row is None:
+        raise KeyError(key_id)
+    return _record(row)
+
+
+class KeyStore:
+    """Keys, usage, downloads and loads in the SQLite file at ``path`` (created or migrated)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._writer = SQLiteWriter(self.path, MIGRATIONS)
+        self._reads = ReadPool(self.path)
+
+    def close(self) -> None:
+        self._writer.close()
+        self._reads.close()
+
+    def __enter__(self) -> KeyStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- generic access ------------------------------------------------------------------
+    def run_write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(conn)`` in a write transaction on the writer thread; committed on return."""
+        return self._writer.run(fn)
+
+    async def arun_write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._writer.arun(fn)
+
+    def run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return self._reads.read(fn)
+
+    async def arun_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.to_thread(self._reads.read, fn)
+
+    def _scalar(self, sql: str, *params: Any) -> Any:
+        return self._reads.read(lambda conn: conn.execute(sql, params).fetchone()[0])
+
+    # -- keys ----------------------------------------------------------------------------
+    def create_key(
+        self,
+        name: str,
+        *,
+        scopes: Iterable[str] = ("infer",),
+        models: Iterable[str] = ("*",),
+        limits: Limits | None = None,
+        expires_at: float | None = None,
+        now: float,
+    ) -> tuple[KeyRecord, str]:
+        """A new key; the full key is returned here once and never stored."""
+        limits = limits or Limits()
+        created = self._create(name, scopes, models, limits, expires_at, now, only_if_empty=False)
+        assert created is not None
+        return created
+
+    def _create(
+        self,
+        name: str,
+        scopes: Iterable[str],
+        models: Iterable[str],
+        limits: Limits,
+        expires_at: float | None,
+        now: float,
+        *,
+        only_if_empty: bool,
+    ) -> tuple[KeyRecord, str] | None:
+        if not name.strip():
+            raise ValueError("name: must not be empty")
+        row = [name, _check_scopes(scopes), _check_models(models), *_check_limits(limits)]
+        columns = ", ".join(["name", "scopes", "models", *LIMIT_COLUMNS.values()])
+
+        def insert(conn: sqlite3.Connection) -> tuple[KeyRecord, str] | None:
+            if only_if_empty and conn.execute("SELECT 1 FROM keys LIMIT 1").fetchone():
+                return None
+            while True:
+                key_id, full_key, secret_hash = new_key()
+                try:
+                    conn.execute(
+                        f"INSERT INTO keys (id, secret_hash, created_at, expires_at, {columns})"
+                        f" VALUES (?, ?, ?, ?{', ?' * len(row)})",
+                        (key_id, secret_hash, now, expires_at, *row),
+                    )
+                except sqlite3.IntegrityError:  # an id already taken: draw again
+                    continue
+                return _fetch(conn, key_id), full_key
+
+        return self._writer.run(insert)
+
+    def authenticate(self, presented: str, now: float) -> KeyRecord | None:
+        """The active key ``presented`` is, else ``None`` whatever was wrong with it."""
+        parsed = parse_key(presented)
+        if parsed is None:
+            return None
+        key_id, secret = parsed
+        row = self._reads.read(
+            lambda conn: conn.execute("SELECT * FROM keys WHERE id = ?", (key_id,)).fetchone()
+        )
+        matches = verify(secret, row["secret_hash"] if row is not None else _DUMMY_HASH)
+        if row is None or not matches:
+            return None
+        record = _record(row)
+        return record if record.active(now) else None
+
+    async def aauthenticate(self, presented: str, now: float) -> KeyRecord | None:
+        return await asyncio.to_thread(self.authenticate, presented, now)
+
+    def get(self, key_id: str) -> KeyRecord | None:
+        try:
+            return self._reads.read(lambda conn: _fetch(conn, key_id))
+        except KeyError:
+            return None
+
+    def list_keys(self) -> list[KeyRecord]:
+        rows = self._reads.read(
+            lambda conn: conn.execute("SELECT * FROM keys ORDER BY created_at, id").fetchall()
+        )
+        return [_record(row) for row in rows]
+
+    def count_keys(self) -> int:
+        return int(self._scalar("SELECT COUNT(*) FROM keys"))
+
+    def update(
+        self,
+        key_id: str,
+        *,
+        name: str | None = None,
+        scopes: Iterable[str] | None = None,
+        models: Iterable[str] | None = None,
+        limits: dict[str, int | None] | None = None,
+        expires_at: float | None | EllipsisType = ...,
+    ) -> KeyRecord:
+        """Change what is given; ``limits`` maps ``Limits`` field names, None = unlimited.
+
+        ``expires_at=None`` removes the expiry; leave it out to keep it.  Unknown key: KeyError.
+        """
+        changes: dict[str, Any] = {}
+        if name is not None:
+            if not name.strip():
+                raise ValueError("name: must not be empty")
+            changes["name"] = name
+        if scopes is not None:
+            changes["scopes"] = _check_scopes(scopes)
+        if models is not None:
+            changes["models"] = _check_models(models)
+        if expires_at is not ...:
+            changes["expires_at"] = expires_at
+        if limits:
+            unknown = set(limits) - set(LIMIT_COLUMNS)
+            if unknown:
+                raise ValueError(f"limits: unknown {sorted(unknown)}; known: {list(LIMIT_COLUMNS)}")
+            _check_limits(Limits(**limits))
+            changes.update({LIMIT_COLUMNS[field]: value for field, value in limits.items()})
+
+        def apply(conn: sqlite3.Connection) -> KeyRecord:
+            _fetch(conn, key_id)  # KeyError when unknown
+            if changes:
+                assignments = ", ".join(f"{column} = ?" for column in changes)
+                conn.execute(
+                    f"UPDATE keys SET {assignments} WHERE id = ?", (*changes.values(), key_id)
+                )
+            return _fetch(conn, key_id)
+
+        return self._writer.run(apply)
+
+    def revoke(self, key_id: str, now: float) -> KeyRecord:
+        """Revoke a key (at once: the next ``authenticate`` refuses it); KeyError if unknown."""
+
+        def apply(conn: sqlite3.Connection) -> KeyRecord:
+            _fetch(conn, key_id)
+            sql = "UPDATE keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL"
+            conn.execute(sql, (now, key_id))
+            return _fetch(conn, key_id)
+
+        return self._writer.run(apply)
+
+    # -- usage, downloads, loads ---------------------------------------------------------
+    @staticmethod
+    def _insert(sql: str, *params: Any) -> Callable[[sqlite3.Connection], None]:
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(sql, params)
+
+        return insert
+
+    _USAGE_SQL = (
+        "INSERT INTO usage (key_id, model, route, prompt_tokens, completion_tokens, status,"
+        " duration_ms, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+    _DOWNLOAD_SQL = "INSERT INTO downloads (key_id, repo, bytes, at) VALUES (?, ?, ?, ?)"
+    _LOAD_SQL = "INSERT INTO loads (key_id, model, at) VALUES (?, ?, ?)"
+
+    def record_usage(
+        self,
+        key_id: str,
+        model: str,
+        route: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        status: int,
+        duration_ms: int,
+        now: float,
+    ) -> None:
+        """Commit one request's usage (returns once it is on disk, WAL-synchronous=NORMAL)."""
+        row = (key_id, model, route, prompt_tokens, completion_tokens, status, duration_ms, now)
+        self._writer.run(self._insert(self._USAGE_SQL, *row))
+
+    async def arecord_usage(
+        self,
+        key_id: str,
+        model: str,
+        route: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        status: int,
+        duration_ms: int,
+        now: float,
+    ) -> None:
+        row = (key_id, model, route, prompt_tokens, completion_tokens, status, duration_ms, now)
+        await self._writer.arun(self._insert(self._USAGE_SQL, *row))
+
+    def record_download(self, key_id: str, repo: str, bytes_: int, now: float) -> None:
+        self._writer.run(self._insert(self._DOWNLOAD_SQL, key_id, repo, bytes_, now))
+
+    async def arecord_download(self, key_id: str, repo: str, bytes_: int, now: float) -> None:
+        await self._writer.arun(self._insert(self._DOWNLOAD_SQL, key_id, repo, bytes_, now))
+
+    def record_load(self, key_id: str, model: str, now: float) -> None:
+        self._writer.run(self._insert(self._LOAD_SQL, key_id, model, now))
+
+    async def arecord_load(self, key_id: str, model: str, now: float) -> None:
+        await self._writer.arun(self._insert(self._LOAD_SQL, key_id, model, now))
+
+    def tokens_since(self, key_id: str, since: float) -> int:
+        """Prompt plus completion tokens of ``key_id`` at or after ``since``."""
+        sql = "SELECT TOTAL(prompt_tokens + completion_tokens) FROM usage WHERE key_id=? AND at>=?"
+        return int(self._scalar(sql, key_id, since))
+
+    def download_bytes_since(self, key_id: str, since: float) -> int:
+        sql = "SELECT TOTAL(bytes) FROM downloads WHERE key_id = ? AND at >= ?"
+        return int(self._scalar(sql, key_id, since))
+
+    def loads_since(self, key_id: str, since: float) -> list[float]:
+        """Times of ``key_id``'s loads at or after ``since``, oldest first."""
+        sql = "SELECT at FROM loads WHERE key_id = ? AND at >= ? ORDER BY at"
+        rows = self._reads.read(lambda conn: conn.execute(sql, (key_id, since)).fetchall())
+        return [float(row[0]) for row in rows]
+
+    async def atokens_since(self, key_id: str, since: float) -> int:
+        return await asyncio.to_thread(self.tokens_since, key_id, since)
+
+    async def adownload_bytes_since(self, key_id: str, since: float) -> int:
+        return await asyncio.to_thread(self.download_bytes_since, key_id, since)
+
+    async def aloads_since(self, key_id: str, since: float) -> list[float]:
+        return await asyncio.to_thread(self.loads_since, key_id, since)
+
+    def usage_summary(
+        self, *, key_id: str | None = None, since: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Per key and model: key_id, name, model, requests, prompt/completion tokens, errors."""
+        where: list[str] = []
+        params: list[Any] = []
+        if key_id is not None:
+            where.append("u.key_id = ?")
+            params.append(key_id)
+        if since is not None:
+            where.append("u.at >= ?")
+            params.append(since)
+        sql = (
+            "SELECT u.key_id, k.name, u.model, COUNT(*) AS requests,"
+            " SUM(u.prompt_tokens) AS prompt_tokens,"
+            " SUM(u.completion_tokens) AS completion_tokens,"
+            " SUM(u.status >= 400) AS errors"
+            " FROM usage u LEFT JOIN keys k ON k.id = u.key_id"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " GROUP BY u.key_id, u.model ORDER BY u.key_id, u.model"
+        )
+        rows = self._reads.read(lambda conn: conn.execute(sql, params).fetchall())
+        return [dict(row) for row in rows]
+
+
+def ensure_admin_key(store: KeyStore, now: float) -> str | None:
+    """On a store with no keys at all, create key "admin" (every scope, every model).
+
+    Returns its full key, to be shown once, or ``None`` when the store already has keys.
+    Check and insert are one transaction, so two processes cannot both create one.
+    """
+    created = store._create("admin", SCOPES, ("*",), Limits(), None, now, only_if_empty=True)
+    return None if created is None else created[1]

@@ -1,0 +1,163 @@
+"""Key management and usage over HTTP (``admin`` scope): ``/admin/keys``, ``/admin/usage``.
+
+The secret of a new key is in the create response and nowhere else, ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, Response, get, patch, post
+from msgspec import Meta
+
+from gateway.auth import require_admin
+from gateway.context import AppContext
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.keystore import KeyRecord, KeyStore
+from gateway.responses import decode_body
+from policies.principal import SCOPES, Limits
+
+Limit = Annotated[int, Meta(ge=0)] | None
+
+
+class LimitsIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    requests_per_minute: Limit = None
+    tokens_per_minute: Limit = None
+    max_concurrent: Limit = None
+    tokens_per_day: Limit = None
+    loads_per_hour: Limit = None
+    download_bytes_per_day: Limit = None
+
+
+class KeyCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(min_length=1, max_length=128)]
+    scopes: list[str] = msgspec.field(default_factory=lambda: ["infer"])
+    models: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    limits: LimitsIn = LimitsIn()
+    expires_in_days: Annotated[float, Meta(gt=0)] | None = None
+
+
+class KeyUpdate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+    scopes: list[str] | None = None
+    models: list[str] | None = None
+    limits: dict[str, Limit] | None = None
+
+
+class KeyView(msgspec.Struct, frozen=True):
+    id: str
+    name: str
+    scopes: list[str]
+    models: list[str]
+    limits: dict[str, int | None]
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+
+
+class KeyNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "key_not_found"
+
+
+def view(record: KeyRecord) -> KeyView:
+    return KeyView(
+        record.id,
+        record.name,
+        sorted(record.scopes),
+        list(record.models),
+        msgspec.structs.asdict(LimitsIn(**vars(record.limits))),
+        record.created_at,
+        record.expires_at,
+        record.revoked_at,
+    )
+
+
+def store_of(request: Request) -> KeyStore:
+    ctx: AppContext = request.app.state.ctx
+    assert ctx.keys is not None
+    return ctx.keys
+
+
+def check_scopes(scopes: list[str]) -> None:
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown:
+        raise InvalidRequest(f"Unknown scopes {unknown}; known: {list(SCOPES)}.", param="scopes")
+
+
+async def write(call: Any) -> Any:
+    try:
+        return await asyncio.to_thread(call)
+    except KeyError:
+        raise KeyNotFound("No such key.") from None
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
+@post("/admin/keys", status_code=201, guards=[require_admin])
+async def create_key(request: Request) -> Response[dict[str, Any]]:
+    body = decode_body(await request.body(), KeyCreate)
+    check_scopes(body.scopes)
+    now = time.time()
+    expires = now + body.expires_in_days * 86400 if body.expires_in_days else None
+    record, key = await write(
+        lambda: store_of(request).create_key(
+            body.name,
+            scopes=body.scopes,
+            models=body.models,
+            limits=Limits(**msgspec.structs.asdict(body.limits)),
+            expires_at=expires,
+            now=now,
+        )
+    )
+    return Response({"key": key, **msgspec.to_builtins(view(record))}, status_code=201)
+
+
+@get("/admin/keys", guards=[require_admin])
+async def list_keys(request: Request) -> dict[str, list[KeyView]]:
+    records = await asyncio.to_thread(store_of(request).list_keys)
+    return {"data": [view(r) for r in records]}
+
+
+@get("/admin/keys/{key_id:str}", guards=[require_admin])
+async def show_key(request: Request, key_id: str) -> dict[str, Any]:
+    store = store_of(request)
+    record = await asyncio.to_thread(store.get, key_id)
+    if record is None:
+        raise KeyNotFound("No such key.")
+    usage = await asyncio.to_thread(lambda: store.usage_summary(key_id=key_id))
+    return {**msgspec.to_builtins(view(record)), "usage": usage}
+
+
+@patch("/admin/keys/{key_id:str}", guards=[require_admin])
+async def update_key(request: Request, key_id: str) -> KeyView:
+    body = decode_body(await request.body(), KeyUpdate)
+    if body.scopes is not None:
+        check_scopes(body.scopes)
+    store = store_of(request)
+    record = await write(
+        lambda: store.update(
+            key_id, name=body.name, scopes=body.scopes, models=body.models, limits=body.limits
+        )
+    )
+    return view(record)
+
+
+@post("/admin/keys/{key_id:str}/revoke", status_code=200, guards=[require_admin])
+async def revoke_key(request: Request, key_id: str) -> KeyView:
+    store = store_of(request)
+    return view(await write(lambda: store.revoke(key_id, time.time())))
+
+
+@get("/admin/usage", guards=[require_admin])
+async def usage(
+    request: Request, key: str | None = None, since_days: float | None = None
+) -> dict[str, Any]:
+    since = time.time() - since_days * 86400 if since_days else None
+    store = store_of(request)
+    rows = await asyncio.to_thread(lambda: store.usage_summary(key_id=key, since=since))
+    return {"data": rows}
