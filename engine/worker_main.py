@@ -200,6 +200,11 @@ def main() -> None:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     Worker(protocol_out).run(sys.stdin.buffer)
+    # The reader thread is still blocked on stdin; finalizing the interpreter under it
+    # aborts ("could not acquire lock for <stdin>").  Nothing is left to clean up.
+    sys.stderr.flush()
+    protocol_out.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

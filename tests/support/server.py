@@ -73,15 +73,15 @@ class GatewayServer:
         default_model: str,
         env: dict[str, str] | None = None,
         wait_ready: bool = True,
+        create_admin: bool = True,
     ) -> None:
         self.port = free_port()
         self.data_dir = data_dir
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = data_dir / f"gateway-{self.port}.log"
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.admin_key = self.create_key(
-            "test-admin", scopes=("infer", "load", "download", "admin")
-        )
+        admin = ("infer", "load", "download", "admin")
+        self.admin_key = self.create_key("test-admin", scopes=admin) if create_admin else ""
         full_env = (
             {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
             | {"GATEWAY_MODELS_DEFAULT": default_model, "PYTHONUNBUFFERED": "1"}
