@@ -28,7 +28,7 @@ class AppContext:
 
     def resolve_model(self, name: str) -> ModelSpec:
         """The catalogue model a request names; 400 for a malformed name, 404 if unknown."""
-        if not MODEL_NAME.match(name) or ".." in name:
+        if not MODEL_NAME.fullmatch(name) or ".." in name:
             raise InvalidRequest(f"`{name[:80]}` is not a valid model name.", param="model")
         spec = self.store.resolve(name)
         if spec is None:
