@@ -243,6 +243,13 @@ class Registry:
             waiting=tuple(WaitingRequest(w.caller, now - w.enqueued, w.reason) for w in slot.queue),
         )
 
+    def refresh(self, spec: ModelSpec) -> None:
+        """Take a new version of a model's spec (its files just arrived on disk)."""
+        slot = self._slots.get(spec.id)
+        if slot is not None and slot.state in (ModelState.ABSENT, ModelState.FAILED):
+            slot.spec = spec
+            slot.need = None
+
     def statuses(self) -> list[ModelStatus]:
         return [self.status(spec.id) for spec in self._store.all()]
 

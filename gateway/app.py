@@ -11,13 +11,16 @@ from collections.abc import AsyncIterator
 from litestar import Litestar
 from litestar.middleware import DefineMiddleware
 
+from engine.downloads import DownloadJob
 from engine.memory import physical_memory
 from engine.registry import Registry, RegistryConfig
 from engine.store import ModelStore
+from gateway.admission import background
 from gateway.auth import Authenticator, AuthMiddleware
 from gateway.catalogue import build_store
 from gateway.context import AppContext
 from gateway.counters import UsageCounters
+from gateway.hub import make_downloader
 from gateway.keystore import KeyStore
 from gateway.responses import handle_exception
 from gateway.routes import admin, health, keys, models, openai
@@ -69,13 +72,29 @@ def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
             key_store.loads_since(key_id, time.time() - 3600),
         )
 
+    counters = UsageCounters(period_totals)
+
+    def downloaded(job: DownloadJob) -> None:
+        if job.bytes_done:
+            background(
+                key_store.arecord_download(job.key_id, job.plan.repo, job.bytes_done, time.time())
+            )
+
+    downloader = None
+    if settings.downloads.enabled:
+        downloader = make_downloader(
+            settings,
+            on_bytes=lambda key, n: counters.charge_download(key, n, time.time()),
+            on_finished=downloaded,
+        )
     ctx = AppContext(
         settings,
         store,
         registry,
         Authenticator(settings.auth, lookup),
-        UsageCounters(period_totals),
+        counters,
         key_store,
+        downloader,
     )
 
     @contextlib.asynccontextmanager
@@ -103,6 +122,8 @@ def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
             admin.admin_models,
             admin.admin_model,
             admin.admin_action,
+            admin.admin_job,
+            admin.admin_cancel_job,
             keys.create_key,
             keys.list_keys,
             keys.show_key,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from engine.downloads import Downloader
 from engine.registry import Registry
 from engine.store import ModelSpec, ModelStore
 from gateway.auth import Authenticator
@@ -15,6 +16,7 @@ from gateway.settings import Settings
 
 # Catalogue ids, aliases and hub repos ("org/name"): letters, digits and ._-:/@ only.
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,255}$")
+REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
@@ -25,15 +27,30 @@ class AppContext:
     auth: Authenticator
     counters: UsageCounters
     keys: KeyStore | None
+    downloader: Downloader | None = None
 
     def resolve_model(self, name: str) -> ModelSpec:
         """The catalogue model a request names; 400 for a malformed name, 404 if unknown."""
         if not MODEL_NAME.fullmatch(name) or ".." in name:
             raise InvalidRequest(f"`{name[:80]}` is not a valid model name.", param="model")
-        spec = self.store.resolve(name)
+        spec = self.store.resolve(name) or self.hub_spec(name)
         if spec is None:
             raise ModelNotFound(
                 f"The model `{name}` does not exist or you do not have access to it.",
                 param="model",
             )
         return spec
+
+    def hub_spec(self, name: str) -> ModelSpec | None:
+        """A model named by a hub repo id that the catalogue does not know (yet): it
+        may be downloaded, if policy allows, when downloads are enabled."""
+        if self.downloader is None or not REPO_ID.fullmatch(name):
+            return None
+        folder = self.downloader.cache_dir / ("models--" + name.replace("/", "--"))
+        return ModelSpec(
+            id=name,
+            path=folder / "snapshots" / "pending",
+            owned_by=name.split("/")[0],
+            repo=name,
+            revision="main",
+        )

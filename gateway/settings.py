@@ -151,6 +151,27 @@ class AuthSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     jwt_audience: Annotated[str, _doc("Required `aud` claim of JWTs (empty: not checked).")] = ""
 
 
+class DownloadSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    enabled: Annotated[bool, _doc("Allow requests and admins to download models from the hub.")] = (
+        False
+    )
+    allow: Annotated[
+        list[str], _doc('Repo globs that may be downloaded, e.g. ["mlx-community/*"].')
+    ] = msgspec.field(default_factory=list)
+    disk_budget: Annotated[
+        str, _doc('Most bytes the downloaded models may take together ("200GiB").')
+    ] = "100GiB"
+    min_free: Annotated[
+        str, _doc("Free disk space always left; a download stops before going below it.")
+    ] = "5GiB"
+    max_model_size: Annotated[
+        str, _doc('Largest single model that may be downloaded ("20GiB").')
+    ] = "20GiB"
+    cache_dir: Annotated[
+        str, _doc("Hugging Face cache to download into; empty: HF_HUB_CACHE's default.")
+    ] = ""
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     data_dir: Annotated[str, _doc("Where the gateway keeps its models, caches and database.")] = (
         "~/.local/share/mlx-gateway"
@@ -159,6 +180,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     models: ModelsSettings = ModelsSettings()
     engine: EngineSettings = EngineSettings()
     auth: AuthSettings = AuthSettings()
+    downloads: DownloadSettings = DownloadSettings()
 
     @property
     def data_path(self) -> Path:
@@ -174,6 +196,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "models": ModelsSettings,
     "engine": EngineSettings,
     "auth": AuthSettings,
+    "downloads": DownloadSettings,
 }
 
 
@@ -268,6 +291,8 @@ def load_settings(
         raise SettingsError("engine.default_max_tokens: must not exceed engine.max_tokens_limit")
     memory_budget_bytes(settings.engine.memory_budget, physical=1)  # validates the syntax
     _check_auth(settings)
+    for field in ("disk_budget", "min_free", "max_model_size"):
+        parse_size(getattr(settings.downloads, field), f"downloads.{field}")
     for model_id, entry in settings.models.catalogue.items():
         if bool(entry.path) == bool(entry.repo):
             raise SettingsError(f"models.catalogue.{model_id}: give exactly one of path or repo")

@@ -6,17 +6,23 @@ these routes are as open as the rest of the gateway, which binds to loopback.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
 
+from engine.downloads import DownloadJob, JobState
 from engine.errors import EngineError
 from engine.registry import ModelStatus
-from gateway.auth import require_admin
+from engine.store import ModelSpec
+from gateway.admission import background
+from gateway.auth import principal_of, require_admin
 from gateway.context import AppContext
-from gateway.errors import RouteNotFound
+from gateway.errors import InvalidRequest, PermissionDenied, RouteNotFound
+from gateway.hub import finished, start_download
 from gateway.responses import from_engine
+from policies.principal import Principal
 
 
 class WaitingView(msgspec.Struct, frozen=True):
@@ -90,6 +96,80 @@ async def admin_model(request: Request, model_id: str) -> ModelView:
     return view(ctx.registry.status(spec.id))
 
 
+class JobView(msgspec.Struct, frozen=True):
+    id: str
+    repo: str
+    revision: str
+    commit: str
+    state: str
+    bytes_done: int
+    bytes_total: int
+    bytes_per_second: float
+    eta_seconds: float | None
+    error: str | None
+    files: list[str]
+
+
+def job_view(job: DownloadJob) -> JobView:
+    plan = job.plan
+    return JobView(
+        job.id,
+        plan.repo,
+        plan.revision,
+        plan.commit,
+        job.state.value,
+        job.bytes_done,
+        plan.total_bytes,
+        round(job.bytes_per_second, 1),
+        job.eta_seconds,
+        job.error,
+        [f.path for f in plan.files],
+    )
+
+
+async def pull(ctx: AppContext, principal: Principal, spec: ModelSpec) -> Response[Any]:
+    """Start (or join) the download of a hub model: 202 and where to poll."""
+    if spec.repo is None:
+        raise InvalidRequest(f"{spec.id} is a local model; there is nothing to pull.")
+    if spec.on_disk:
+        return Response({"id": spec.id, "state": "on_disk"}, status_code=200)
+    if ctx.downloader is None:
+        raise PermissionDenied("Downloading models is disabled.", code="download_not_allowed")
+    job = await start_download(ctx, principal, spec.repo, spec.revision or "main")
+
+    async def register() -> None:
+        await job.done.wait()
+        if job.state is JobState.DONE:
+            finished(ctx, spec, job)
+
+    background(register())
+    url = f"/admin/jobs/{job.id}"
+    body = {"job": msgspec.to_builtins(job_view(job)), "status_url": url}
+    return Response(body, status_code=202, headers={"Location": url})
+
+
+def job_of(ctx: AppContext, job_id: str) -> DownloadJob:
+    job = ctx.downloader.jobs.get(job_id) if ctx.downloader else None
+    if job is None:
+        raise RouteNotFound("No such job.", code="job_not_found")
+    return job
+
+
+@get("/admin/jobs/{job_id:str}", guards=[require_admin])
+async def admin_job(request: Request, job_id: str) -> JobView:
+    return job_view(job_of(context(request), job_id))
+
+
+@post("/admin/jobs/{job_id:str}/cancel", status_code=200, guards=[require_admin])
+async def admin_cancel_job(request: Request, job_id: str) -> JobView:
+    ctx = context(request)
+    job = job_of(ctx, job_id)
+    assert ctx.downloader is not None
+    ctx.downloader.cancel(job.id)
+    await asyncio.wait_for(job.done.wait(), 30)
+    return job_view(job)
+
+
 def accepted(spec_id: str, ctx: AppContext) -> Response[Any]:
     url = f"/admin/models/{spec_id}"
     body = {"id": spec_id, "state": ctx.registry.status(spec_id).state.value, "status_url": url}
@@ -104,9 +184,11 @@ async def admin_action(request: Request, target: str) -> Response[Any]:
     """
     ctx = context(request)
     model_id, _, action = target.strip("/").rpartition("/")
-    if action not in ("load", "unload") or not model_id:
-        raise RouteNotFound("No such route: use /admin/models/{id}/load or /unload.")
+    if action not in ("load", "unload", "pull") or not model_id:
+        raise RouteNotFound("No such route: use /admin/models/{id}/load, /unload or /pull.")
     spec = ctx.resolve_model(model_id)
+    if action == "pull":
+        return await pull(ctx, principal_of(request), spec)
     try:
         if action == "load":
             ctx.registry.request_load(spec.id)

@@ -16,6 +16,7 @@ from gateway.auth import principal_of
 from gateway.context import AppContext
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.generation import Counts, complete, stream
+from gateway.hub import ensure_on_disk
 from gateway.inference import InferenceCall
 from gateway.openai_schema import (
     AssistantMessage,
@@ -139,8 +140,9 @@ async def chat_completions(request: Request) -> Response[Any] | Stream:
     messages = tuple(
         ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in req.messages
     )
-    call = InferenceCall(spec.id, params, req.n, messages=messages)
     principal = principal_of(request)
+    spec = await ensure_on_disk(ctx, principal, spec)
+    call = InferenceCall(spec.id, params, req.n, messages=messages)
     chars = sum(len(m.content) for m in messages)
     admission = admit(
         ctx,
@@ -188,8 +190,9 @@ async def completions(request: Request) -> Response[Any] | Stream:
     prompt = req.prompt_text()
     if not prompt:
         raise InvalidRequest("prompt must not be empty.", param="prompt")
-    call = InferenceCall(spec.id, params, req.n, prompt=prompt)
     principal = principal_of(request)
+    spec = await ensure_on_disk(ctx, principal, spec)
+    call = InferenceCall(spec.id, params, req.n, prompt=prompt)
     admission = admit(
         ctx,
         principal,
