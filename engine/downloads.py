@@ -291,8 +291,11 @@ class Downloader:
         loop.call_soon_threadsafe(self._finish, job, state, error, path)
 
     def _remove_partial(self, plan: DownloadPlan) -> None:
-        """Leave nothing that looks like a model: the snapshot goes (config.json is last,
-        so it is not there anyway); incomplete blobs are kept for a resume."""
+        """Leave nothing that looks like a model: config.json (downloaded last) goes.
+
+        hf_hub_download resumes a dropped transfer itself within one call (Range
+        requests); a call that fails keeps no partial blob, so the next attempt
+        starts that file again and reuses every file already complete."""
         folder = self.cache_dir / ("models--" + plan.repo.replace("/", "--"))
         snapshot = folder / "snapshots" / plan.commit
         config = snapshot / "config.json"
