@@ -196,6 +196,15 @@ class Downloader:
         self._on_finished = on_finished
         self.jobs: dict[str, DownloadJob] = {}
 
+    def clean_partial(self) -> int:
+        """Remove what an interrupted run left (``*.incomplete`` blobs of a process that
+        died mid-download); returns how many.  Run at start, before any job."""
+        removed = 0
+        for partial in self.cache_dir.glob("models--*/blobs/*.incomplete"):
+            partial.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
     def free_bytes(self) -> int:
         """What a new download may still use: the lesser of budget and real free space."""
         disk = self._disk

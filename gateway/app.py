@@ -101,6 +101,8 @@ def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         default = store.resolve("default")
         await registry.start()
+        if downloader is not None and (removed := downloader.clean_partial()):
+            log.warning("removed %d partial download(s) left by an earlier run", removed)
         if settings.models.preload_default and default is not None:
             registry.request_load(default.id)
         elif default is None:

@@ -17,13 +17,17 @@ def build_store(settings: Settings) -> ModelStore:
     is an alias of ``models.default``; operator aliases (exact or glob) follow."""
     store = ModelStore()
     if settings.models.discover_hf_cache:
-        for spec in discover_hf_cache():
+        for spec in discover_hf_cache(cache_dir(settings)):
             store.add(spec)
     if settings.models.discover:
         for spec in discover(settings.models_path):
             store.add(spec)
     for model_id, entry in settings.models.catalogue.items():
-        path = Path(entry.path).expanduser() if entry.path else _hub_path(entry.repo)
+        path = (
+            Path(entry.path).expanduser()
+            if entry.path
+            else _hub_path(cache_dir(settings), entry.repo)
+        )
         store.add(
             ModelSpec(
                 id=model_id,
@@ -44,13 +48,19 @@ def build_store(settings: Settings) -> ModelStore:
     return store
 
 
-def _hub_path(repo: str) -> Path:
-    """Where a hub repo's snapshot is in the local Hugging Face cache (may not exist yet)."""
+def cache_dir(settings: Settings) -> Path:
+    """The Hugging Face cache the gateway downloads into and discovers from."""
+    if settings.downloads.cache_dir:
+        return Path(settings.downloads.cache_dir).expanduser()
     from huggingface_hub import constants
 
-    folder = "models--" + repo.replace("/", "--")
-    refs = Path(constants.HF_HUB_CACHE) / folder / "refs" / "main"
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _hub_path(cache: Path, repo: str) -> Path:
+    """Where a hub repo's snapshot is in the local Hugging Face cache (may not exist yet)."""
+    folder = cache / ("models--" + repo.replace("/", "--"))
     try:
-        return Path(constants.HF_HUB_CACHE) / folder / "snapshots" / refs.read_text().strip()
+        return folder / "snapshots" / (folder / "refs" / "main").read_text().strip()
     except OSError:
-        return Path(constants.HF_HUB_CACHE) / folder / "snapshots" / "missing"
+        return folder / "snapshots" / "missing"

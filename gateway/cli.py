@@ -91,13 +91,94 @@ def cmd_models_import(args: argparse.Namespace) -> int:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from engine.store import discover
+    from engine.memory import format_bytes
+    from gateway.catalogue import build_store
 
     settings = _settings(args)
-    specs = discover(settings.models_path)
-    print(f"{'ID':40} {'SIZE':>12}  PATH")
-    for spec in specs:
-        print(f"{spec.id:40} {spec.size_bytes():>12}  {spec.path}")
+    store = build_store(settings)
+    print(f"{'ID':48} {'STATE':10} {'SIZE':>10}  PATH")
+    for spec in store.all():
+        state = "on_disk" if spec.on_disk else ("downloadable" if spec.repo else "missing")
+        size = format_bytes(spec.size_bytes()) if spec.on_disk else "-"
+        print(f"{spec.id:48} {state:10} {size:>10}  {spec.path}")
+    return 0
+
+
+def cmd_models_pull(args: argparse.Namespace) -> int:
+    """Download a hub model with a progress bar (the operator's own pull: no key quota,
+    but the disk budget and max_model_size apply)."""
+    import asyncio
+
+    from engine.downloads import DownloadError, JobState, fetch_plan
+    from engine.memory import format_bytes
+    from gateway.hub import make_downloader
+    from gateway.settings import parse_size
+
+    settings = _settings(args)
+    try:
+        plan = fetch_plan(args.repo, args.revision)
+    except DownloadError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    limit = parse_size(settings.downloads.max_model_size, "downloads.max_model_size")
+    if plan.total_bytes > limit:
+        print(
+            f"gateway: {args.repo} is {format_bytes(plan.total_bytes)}, over "
+            f"downloads.max_model_size ({format_bytes(limit)})",
+            file=sys.stderr,
+        )
+        return 1
+
+    async def run() -> int:
+        downloader = make_downloader(settings)
+        if plan.total_bytes > downloader.free_bytes():
+            print(
+                f"gateway: {args.repo} needs {format_bytes(plan.total_bytes)}; the disk "
+                f"budget leaves {format_bytes(downloader.free_bytes())}",
+                file=sys.stderr,
+            )
+            return 1
+        job, _ = downloader.start(plan, "cli")
+        while not job.done.is_set():
+            done = job.bytes_done * 30 // max(plan.total_bytes, 1)
+            print(
+                f"\r[{'#' * done:30}] {format_bytes(job.bytes_done)} / "
+                f"{format_bytes(plan.total_bytes)}",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+            await asyncio.sleep(0.2)
+        print(file=sys.stderr)
+        if job.state is not JobState.DONE:
+            print(f"gateway: the download failed: {job.error}", file=sys.stderr)
+            return 1
+        print(
+            f"pulled {args.repo}@{plan.commit[:12]} ({format_bytes(plan.total_bytes)}) "
+            f"into {downloader.cache_dir}"
+        )
+        return 0
+
+    return asyncio.run(run())
+
+
+def cmd_models_rm(args: argparse.Namespace) -> int:
+    """Delete a model's files.  A running server must unload it first (or use
+    ``DELETE /admin/models/{id}``, which drains it)."""
+    import shutil
+
+    from gateway.catalogue import build_store
+
+    settings = _settings(args)
+    spec = build_store(settings).resolve(args.id)
+    if spec is None or not spec.on_disk:
+        print(f"gateway: no model {args.id} on disk", file=sys.stderr)
+        return 1
+    target = spec.path
+    if spec.repo:  # a hub snapshot: remove the whole cached repo
+        target = spec.path.parent.parent
+    shutil.rmtree(target)
+    print(f"removed {spec.id} ({target})")
     return 0
 
 
@@ -135,9 +216,20 @@ def parser() -> argparse.ArgumentParser:
     imp.add_argument("--name", help="catalogue id (default: the file name)")
     imp.add_argument("--models-dir")
     imp.set_defaults(func=cmd_models_import)
-    lst = models_sub.add_parser("list", help="list models on disk")
+    lst = models_sub.add_parser("list", help="list the catalogue with states and sizes")
     lst.add_argument("--models-dir")
+    lst.add_argument("--data-dir")
     lst.set_defaults(func=cmd_models_list)
+    pull = models_sub.add_parser("pull", help="download a hub model (progress on stderr)")
+    pull.add_argument("repo")
+    pull.add_argument("--revision", default="main")
+    pull.add_argument("--data-dir")
+    pull.set_defaults(func=cmd_models_pull)
+    rm = models_sub.add_parser("rm", help="delete a model's files (server stopped)")
+    rm.add_argument("id")
+    rm.add_argument("--models-dir")
+    rm.add_argument("--data-dir")
+    rm.set_defaults(func=cmd_models_rm)
 
     add_key_commands(sub)
 

@@ -32,6 +32,7 @@ from engine.downloads import (
 from engine.memory import format_bytes
 from engine.store import ModelSpec
 from gateway.admission import from_denial
+from gateway.catalogue import cache_dir
 from gateway.context import AppContext
 from gateway.errors import (
     GatewayError,
@@ -45,14 +46,6 @@ from policies.allowlist import model_allowed
 from policies.decision import Deny
 from policies.evaluate import evaluate_download
 from policies.principal import Principal
-
-
-def cache_dir(settings: Settings) -> Path:
-    if settings.downloads.cache_dir:
-        return Path(settings.downloads.cache_dir).expanduser()
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
 
 
 def make_downloader(

@@ -320,3 +320,65 @@ def test_request_waits_load_wait_then_503_with_progress_while_the_download_conti
         assert server_response is not None and server_response.status_code == 200
     finally:
         server.stop()
+
+
+def test_cli_pull_downloads_with_progress_and_models_list_shows_it(hub, tmp_path):
+    env = {
+        "HF_ENDPOINT": hub.endpoint,
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "GATEWAY_DOWNLOADS_CACHE_DIR": str(tmp_path / "hf-cache"),
+        "GATEWAY_MODELS_DISCOVER_HF_CACHE": "true",
+        "PATH": "/usr/bin:/bin",
+    }
+    pulled = subprocess.run(
+        [sys.executable, "-m", "gateway", "models", "pull", REPO_ID, "--data-dir", str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert pulled.returncode == 0, pulled.stderr
+    assert "pulled mlx-community/tiny-dl" in pulled.stdout
+    assert "[" in pulled.stderr  # the progress bar
+    assert snapshot_complete(tmp_path)
+    listed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "models",
+            "list",
+            "--data-dir",
+            str(tmp_path),
+            "--models-dir",
+            str(tmp_path / "none"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert REPO_ID in listed.stdout and "on_disk" in listed.stdout
+    removed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "models",
+            "rm",
+            REPO_ID,
+            "--data-dir",
+            str(tmp_path),
+            "--models-dir",
+            str(tmp_path / "none"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert removed.returncode == 0, removed.stderr
+    assert not snapshot_complete(tmp_path)
