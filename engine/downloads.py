@@ -142,6 +142,7 @@ class DownloadJob:
     error: str | None = None
     path: Path | None = None
     cancel_requested: bool = False
+    used_before: int = 0  # the store's size when the job started
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -222,7 +223,7 @@ class Downloader:
             same = job.plan.repo == plan.repo and job.plan.commit == plan.commit
             if same and job.state is JobState.DOWNLOADING:
                 return job, False
-        job = DownloadJob(f"dl-{next(self._ids)}", plan, key_id)
+        job = DownloadJob(f"dl-{next(self._ids)}", plan, key_id, used_before=self._disk.used())
         self.jobs[job.id] = job
         loop = asyncio.get_running_loop()
         threading.Thread(
@@ -242,7 +243,7 @@ class Downloader:
         disk = self._disk
         if disk.free() < disk.min_free:
             raise DownloadAborted("the disk is nearly full")
-        if disk.used() > disk.budget:
+        if job.used_before + job.bytes_done > disk.budget:  # no directory walk per chunk
             raise DownloadAborted("the disk budget is used up")
 
     def _progress_class(self, job: DownloadJob, loop: asyncio.AbstractEventLoop) -> type:
