@@ -124,6 +124,7 @@ def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
             admin.admin_models,
             admin.admin_model,
             admin.admin_action,
+            admin.admin_remove,
             admin.admin_job,
             admin.admin_cancel_job,
             keys.create_key,

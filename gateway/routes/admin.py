@@ -7,19 +7,21 @@ these routes are as open as the rest of the gateway, which binds to loopback.
 from __future__ import annotations
 
 import asyncio
+import shutil
+import time
 from typing import Any
 
 import msgspec
-from litestar import Request, Response, get, post
+from litestar import Request, Response, delete, get, post
 
 from engine.downloads import DownloadJob, JobState
 from engine.errors import EngineError
-from engine.registry import ModelStatus
+from engine.registry import ModelState, ModelStatus
 from engine.store import ModelSpec
 from gateway.admission import background
 from gateway.auth import principal_of, require_admin
 from gateway.context import AppContext
-from gateway.errors import InvalidRequest, PermissionDenied, RouteNotFound
+from gateway.errors import GatewayError, InvalidRequest, PermissionDenied, RouteNotFound
 from gateway.hub import finished, start_download
 from gateway.responses import from_engine
 from policies.principal import Principal
@@ -168,6 +170,35 @@ async def admin_cancel_job(request: Request, job_id: str) -> JobView:
     ctx.downloader.cancel(job.id)
     await asyncio.wait_for(job.done.wait(), 30)
     return job_view(job)
+
+
+class ModelBusy(GatewayError):
+    status = 409
+    type = "invalid_request_error"
+    code = "model_loaded"
+
+
+@delete("/admin/models/{model_id:path}", status_code=200, guards=[require_admin])
+async def admin_remove(request: Request, model_id: str, force: bool = False) -> dict[str, Any]:
+    """Delete a model's files.  A loaded model is refused (409) unless ``force=true``,
+    which drains it first (its in-flight requests finish)."""
+    ctx = context(request)
+    spec = ctx.resolve_model(model_id.lstrip("/"))
+    if not spec.on_disk:
+        raise RouteNotFound(f"{spec.id} has no files on disk.", code="model_not_on_disk")
+    state = ctx.registry.status(spec.id).state
+    if state is not ModelState.ABSENT and state is not ModelState.FAILED:
+        if not force:
+            raise ModelBusy(f"{spec.id} is {state.value}; unload it or pass force=true.")
+        ctx.registry.request_unload(spec.id)
+        deadline = time.monotonic() + ctx.settings.engine.drain_timeout + 30
+        while ctx.registry.status(spec.id).state not in (ModelState.ABSENT, ModelState.FAILED):
+            if time.monotonic() > deadline:
+                raise ModelBusy(f"{spec.id} did not unload in time.")
+            await asyncio.sleep(0.1)
+    target = spec.path.parent.parent if spec.repo else spec.path
+    await asyncio.to_thread(shutil.rmtree, target)
+    return {"id": spec.id, "removed": str(target)}
 
 
 def accepted(spec_id: str, ctx: AppContext) -> Response[Any]:

@@ -382,3 +382,24 @@ def test_cli_pull_downloads_with_progress_and_models_list_shows_it(hub, tmp_path
     )
     assert removed.returncode == 0, removed.stderr
     assert not snapshot_complete(tmp_path)
+
+
+def test_removing_a_loaded_model_is_refused_unless_forced_by_draining(
+    hub, tiny_models_dir, tmp_path
+):
+    server = serve(hub, tmp_path, tiny_models_dir)
+    try:
+        key = server.create_key("remover", scopes=FULL)
+        assert ask(server, key).status_code == 200
+        url = f"{server.base_url}/admin/models/{REPO_ID}"
+        refused = httpx.delete(url, headers=server.headers)
+        assert refused.status_code == 409
+        assert refused.json()["error"]["code"] == "model_loaded"
+        assert snapshot_complete(tmp_path)
+        forced = httpx.delete(url, params={"force": "true"}, headers=server.headers, timeout=60)
+        assert forced.status_code == 200, forced.text
+        assert not snapshot_complete(tmp_path)
+        assert server.model(REPO_ID)["state"] == "absent"
+        assert ask(server, key).status_code == 200  # downloaded again on demand
+    finally:
+        server.stop()
