@@ -19,8 +19,9 @@ import mlx.core as mx
 from mlx_lm import load as mlx_load
 from mlx_lm.generate import GenerationResponse, stream_generate
 from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache, trim_prompt_cache
-from mlx_lm.sample_utils import apply_top_p, make_logits_processors, make_sampler
+from mlx_lm.sample_utils import apply_top_k, apply_top_p, make_logits_processors, make_sampler
 
+from engine.chat import chat_tokens
 from engine.protocol import ChatMessage, Delta, Finished, Generate, SamplingParams, Started
 from engine.stops import StopMatcher
 
@@ -33,7 +34,9 @@ class PromptTooLong(InvalidGeneration):
     """The prompt (plus max_tokens) does not fit the model's context."""
 
 
-def seeded_sampler(temperature: float, top_p: float, seed: int) -> Callable[[mx.array], mx.array]:
+def seeded_sampler(
+    temperature: float, top_p: float, top_k: int, seed: int
+) -> Callable[[mx.array], mx.array]:
     """A sampler with its own random key, so a seed reproduces a result even
     while other requests interleave with this one."""
     key = mx.random.key(seed)
@@ -43,6 +46,8 @@ def seeded_sampler(temperature: float, top_p: float, seed: int) -> Callable[[mx.
         key, sub = mx.random.split(key)
         if 0 < top_p < 1:
             logprobs = apply_top_p(logprobs, top_p)
+        if top_k > 0:
+            logprobs = apply_top_k(logprobs, top_k)
         return mx.random.categorical(logprobs * (1 / temperature), key=sub)
 
     return sample
@@ -52,8 +57,9 @@ def make_token_sampler(params: SamplingParams) -> Callable[[mx.array], mx.array]
     if params.temperature <= 0:
         return make_sampler(0.0)
     if params.seed is not None:
-        return seeded_sampler(params.temperature, params.top_p, params.seed)
-    return make_sampler(params.temperature, top_p=params.top_p if params.top_p < 1 else 0.0)
+        return seeded_sampler(params.temperature, params.top_p, params.top_k, params.seed)
+    top_p = params.top_p if params.top_p < 1 else 0.0
+    return make_sampler(params.temperature, top_p=top_p, top_k=params.top_k)
 
 
 class ModelRunner:
@@ -79,14 +85,7 @@ class ModelRunner:
         return list(self.tokenizer.encode(request.prompt))
 
     def _chat_tokens(self, messages: tuple[ChatMessage, ...]) -> list[int]:
-        plain = [{"role": m.role, "content": m.content} for m in messages]
-        if self.tokenizer.has_chat_template:
-            text = self.tokenizer.apply_chat_template(
-                plain, add_generation_prompt=True, tokenize=False
-            )
-            return list(self.tokenizer.encode(text, add_special_tokens=False))
-        joined = "".join(f"{m['role']}: {m['content']}\n" for m in plain) + "assistant: "
-        return list(self.tokenizer.encode(joined))
+        return chat_tokens(self.tokenizer, messages)
 
     def start(self, request: Generate) -> Generation:
         outside = [t for t in request.params.logit_bias if not 0 <= t < self.vocab_size]
@@ -160,12 +159,12 @@ class Generation:
         self.tokens.append(response.token)
         text = self.stops.feed(response.text)
         if self.stops.matched is not None:
-            return self.finish("stop", text)
+            return self.finish("stop", text, stop_sequence=self.stops.matched)
         if response.finish_reason is not None:
             return self.finish(response.finish_reason, text + self.stops.flush())
         return Delta(self.req_id, text, self.completion_tokens)
 
-    def finish(self, reason: str, text: str = "") -> Finished:
+    def finish(self, reason: str, text: str = "", stop_sequence: str | None = None) -> Finished:
         """End the generation and keep its KV cache for the next prompt that shares it."""
         self._responses.close()
         if self.completion_tokens:
@@ -176,4 +175,5 @@ class Generation:
             len(self.prompt),
             self.completion_tokens,
             text,
+            stop_sequence,
         )

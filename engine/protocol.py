@@ -39,6 +39,7 @@ class SamplingParams(msgspec.Struct, frozen=True):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[int, float] = {}
+    top_k: int = 0
 
 
 # --- gateway -> worker -------------------------------------------------------
@@ -115,6 +116,7 @@ class Finished(msgspec.Struct, tag=True, frozen=True):
     prompt_tokens: int
     completion_tokens: int
     text: str = ""
+    stop_sequence: str | None = None  # the stop string that ended it, if one did
 
 
 FailureCode = Literal["context_length_exceeded", "invalid_request", "internal"]

@@ -23,7 +23,7 @@ from gateway.counters import UsageCounters
 from gateway.hub import make_downloader
 from gateway.keystore import KeyStore
 from gateway.responses import handle_exception
-from gateway.routes import admin, health, keys, models, openai
+from gateway.routes import admin, anthropic, health, keys, models, openai
 from gateway.settings import Settings, memory_budget_bytes
 from policies.principal import Principal
 
@@ -117,6 +117,8 @@ def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
         route_handlers=[
             openai.chat_completions,
             openai.completions,
+            anthropic.messages,
+            anthropic.count_tokens,
             models.list_models,
             models.retrieve_model,
             health.health,

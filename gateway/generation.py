@@ -41,6 +41,7 @@ class Completed:
     texts: list[str]
     finish_reasons: list[str]
     counts: Counts
+    stop_sequences: list[str | None]
 
 
 class Renderer(Protocol):
@@ -50,7 +51,7 @@ class Renderer(Protocol):
 
     def text(self, index: int, text: str) -> bytes: ...
 
-    def choice_end(self, index: int, finish_reason: str, counts: Counts) -> bytes: ...
+    def choice_end(self, end: ChoiceEnd, counts: Counts) -> list[bytes]: ...
 
     def closing(self, counts: Counts) -> list[bytes]: ...
 
@@ -79,14 +80,16 @@ async def complete(
         session = await start(ctx, call, caller)
         texts = [""] * call.n
         reasons = ["stop"] * call.n
+        stops: list[str | None] = [None] * call.n
         async for item in session.events():
             if isinstance(item, TextOut):
                 texts[item.index] += item.text
             else:
                 reasons[item.index] = item.finish_reason
+                stops[item.index] = item.stop_sequence
         counts = counts_of(session)
         await admission.record(counts.prompt_tokens, counts.completion_tokens, 200)
-        return Completed(texts, reasons, counts)
+        return Completed(texts, reasons, counts, stops)
     except EngineError as exc:
         error = from_engine(exc)
         if session is not None:
@@ -114,7 +117,8 @@ async def _frames(
                 if item.text:
                     yield renderer.text(item.index, item.text)
             elif isinstance(item, ChoiceEnd):
-                yield renderer.choice_end(item.index, item.finish_reason, counts_of(session))
+                for frame in renderer.choice_end(item, counts_of(session)):
+                    yield frame
         counts = counts_of(session)
         await admission.record(counts.prompt_tokens, counts.completion_tokens, 200)
         finished = True

@@ -40,6 +40,7 @@ class ChoiceEnd:
     index: int
     finish_reason: str
     completion_tokens: int
+    stop_sequence: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,12 @@ class InferenceSession:
                     if event.text:
                         self._queue.put_nowait(TextOut(index, event.text))
                     self._queue.put_nowait(
-                        ChoiceEnd(index, event.finish_reason, event.completion_tokens)
+                        ChoiceEnd(
+                            index,
+                            event.finish_reason,
+                            event.completion_tokens,
+                            event.stop_sequence,
+                        )
                     )
         except EngineError as exc:
             self._queue.put_nowait(_Failure(exc))

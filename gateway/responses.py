@@ -27,6 +27,8 @@ from engine.errors import (
     RequestCancelled,
     WorkerCrashed,
 )
+from gateway.anthropic_schema import ErrorDetail as AnthropicDetail
+from gateway.anthropic_schema import ErrorResponse as AnthropicError
 from gateway.errors import (
     GatewayError,
     InsufficientStorage,
@@ -125,6 +127,37 @@ def error_response(error: GatewayError) -> Response[bytes]:
     )
 
 
-def handle_exception(_: Request, exc: Exception) -> Response[bytes]:
-    """Litestar exception handler for every route."""
-    return error_response(to_gateway_error(exc))
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    507: "api_error",
+}
+
+
+def anthropic_body(error: GatewayError) -> AnthropicError:
+    kind = ANTHROPIC_TYPES.get(error.status, "api_error")
+    return AnthropicError(AnthropicDetail(kind, error.message))
+
+
+def is_anthropic(path: str) -> bool:
+    return path == "/v1/messages" or path.startswith("/v1/messages/")
+
+
+def handle_exception(request: Request, exc: Exception) -> Response[bytes]:
+    """Litestar exception handler for every route: Anthropic's shape on its routes,
+    OpenAI's everywhere else."""
+    error = to_gateway_error(exc)
+    if not is_anthropic(request.url.path):
+        return error_response(error)
+    return Response(
+        content=msgspec.json.encode(anthropic_body(error)),
+        status_code=error.status,
+        media_type="application/json",
+        headers=error.headers(),
+    )

@@ -17,7 +17,7 @@ from gateway.context import AppContext
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.generation import Counts, complete, stream
 from gateway.hub import ensure_on_disk
-from gateway.inference import InferenceCall
+from gateway.inference import ChoiceEnd, InferenceCall
 from gateway.openai_schema import (
     AssistantMessage,
     ChatChoice,
@@ -113,8 +113,8 @@ class OpenAIRenderer:
     def text(self, index: int, text: str) -> bytes:
         return event(self._chunk(index, text, None))
 
-    def choice_end(self, index: int, finish_reason: str, counts: Counts) -> bytes:
-        return event(self._chunk(index, None, finish_reason))
+    def choice_end(self, end: ChoiceEnd, counts: Counts) -> list[bytes]:
+        return [event(self._chunk(end.index, None, end.finish_reason))]
 
     def closing(self, counts: Counts) -> list[bytes]:
         frames = [event(self._usage_chunk(usage_of(counts)))] if self._usage_chunk else []

@@ -47,8 +47,8 @@ class Renderer:
     def text(self, index, text):
         return text.encode()
 
-    def choice_end(self, index, reason, counts):
-        return b"end"
+    def choice_end(self, end, counts):
+        return [b"end"]
 
     def closing(self, counts):
         return [b"done"]
