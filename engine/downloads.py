@@ -191,6 +191,7 @@ class Downloader:
     ) -> None:
         self.cache_dir = cache_dir
         self._disk = disk
+        self.disk = disk
         self._endpoint = endpoint
         self._token = token
         self._on_bytes = on_bytes

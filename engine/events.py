@@ -17,6 +17,9 @@ class EngineEvents:
 
     def evicted(self, model_id: str, kind: str) -> None: ...
 
+    def swapped(self, model_id: str) -> None:
+        """``model_id`` needed other models evicted before it could load."""
+
     def drained(self, model_id: str, seconds: float) -> None: ...
 
     def drain_cancelled(self, model_id: str, requests: int) -> None: ...

@@ -465,6 +465,7 @@ class Registry:
         if isinstance(plan, Admit):
             self._start_load(slot)
         elif isinstance(plan, Evict):
+            self._events.swapped(slot.spec.id)
             for model_id in plan.idle + plan.busy:
                 self._events.evicted(model_id, "busy" if model_id in plan.busy else "idle")
                 self._drain(self._slots[model_id], reason=f"making room for {slot.spec.id}")

@@ -23,6 +23,7 @@ from engine.registry import ModelState
 from engine.store import ModelSpec
 from gateway.context import AppContext
 from gateway.errors import GatewayError, InsufficientStorage, PermissionDenied, RateLimited
+from gateway.observe import record_response
 from policies.decision import Deny
 from policies.evaluate import PolicyRequest, evaluate
 from policies.headers import ratelimit_headers
@@ -74,6 +75,12 @@ class Admission:
     started: float = field(default_factory=time.monotonic)
     released: bool = False
     recorded: bool = False
+    first_token: float | None = None
+    scope_state: dict[str, Any] | None = None  # the request's state: the access log reads it
+
+    def mark_first_token(self) -> None:
+        if self.first_token is None:
+            self.first_token = time.monotonic()
 
     def release(self) -> None:
         if not self.released:
@@ -82,6 +89,18 @@ class Admission:
 
     def _charge(self, prompt_tokens: int, completion_tokens: int) -> None:
         self.recorded = True
+        if self.scope_state is not None:
+            self.scope_state["prompt_tokens"] = prompt_tokens
+            self.scope_state["completion_tokens"] = completion_tokens
+        record_response(
+            self.route,
+            self.model_id,
+            self.principal.key_id,
+            started=self.started,
+            first_token=self.first_token,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
         self.ctx.counters.charge_tokens(
             self.principal.key_id, prompt_tokens + completion_tokens, time.time()
         )

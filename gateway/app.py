@@ -15,6 +15,7 @@ from engine.downloads import DownloadJob
 from engine.memory import physical_memory
 from engine.registry import Registry, RegistryConfig
 from engine.store import ModelStore
+from gateway import metrics
 from gateway.admission import background
 from gateway.auth import Authenticator, AuthMiddleware
 from gateway.catalogue import build_store
@@ -22,8 +23,10 @@ from gateway.context import AppContext
 from gateway.counters import UsageCounters
 from gateway.hub import make_downloader
 from gateway.keystore import KeyStore
+from gateway.observe import MetricEvents, MetricsMiddleware
 from gateway.responses import handle_exception
 from gateway.routes import admin, anthropic, health, keys, models, openai
+from gateway.routes import metrics as metrics_route
 from gateway.settings import Settings, memory_budget_bytes
 from policies.principal import Principal
 
@@ -58,7 +61,7 @@ def open_key_store(settings: Settings) -> KeyStore:
 
 def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
     store = store if store is not None else build_store(settings)
-    registry = Registry(store, registry_config(settings))
+    registry = Registry(store, registry_config(settings), events=MetricEvents())
     key_store = open_key_store(settings)
 
     def lookup(credential: str, now: float) -> Principal | None:
@@ -80,11 +83,15 @@ def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
                 key_store.arecord_download(job.key_id, job.plan.repo, job.bytes_done, time.time())
             )
 
+    def downloaded_bytes(key_id: str, nbytes: int) -> None:
+        counters.charge_download(key_id, nbytes, time.time())
+        metrics.download_bytes_total.labels(key_id).inc(nbytes)
+
     downloader = None
     if settings.downloads.enabled:
         downloader = make_downloader(
             settings,
-            on_bytes=lambda key, n: counters.charge_download(key, n, time.time()),
+            on_bytes=downloaded_bytes,
             on_finished=downloaded,
         )
     ctx = AppContext(
@@ -123,6 +130,7 @@ def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
             models.retrieve_model,
             health.health,
             health.ready,
+            metrics_route.prometheus,
             admin.admin_models,
             admin.admin_model,
             admin.admin_action,
@@ -137,7 +145,10 @@ def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
             keys.usage,
         ],
         exception_handlers={Exception: handle_exception},
-        middleware=[DefineMiddleware(AuthMiddleware, exclude=["^/health$", "^/ready$"])],
+        middleware=[
+            MetricsMiddleware,
+            DefineMiddleware(AuthMiddleware, exclude=["^/health$", "^/ready$", "^/metrics$"]),
+        ],
         request_max_body_size=settings.server.max_body_bytes,
         lifespan=[lifespan],
         openapi_config=None,

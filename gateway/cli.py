@@ -31,6 +31,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from engine.bundled import BUNDLED_ID, ensure_bundled_model
     from gateway.app import create_app
+    from gateway.observe import configure_event_log
 
     settings = _settings(args)
     logging.basicConfig(
@@ -39,6 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.models.default == BUNDLED_ID:
         ensure_bundled_model(settings.models_path, settings.data_path / "cache")
     announce_auth(settings)
+    configure_event_log()
     app = create_app(settings)
     uvicorn.run(
         app,

@@ -83,6 +83,7 @@ async def complete(
         stops: list[str | None] = [None] * call.n
         async for item in session.events():
             if isinstance(item, TextOut):
+                admission.mark_first_token()
                 texts[item.index] += item.text
             else:
                 reasons[item.index] = item.finish_reason
@@ -115,6 +116,7 @@ async def _frames(
         async for item in session.events():
             if isinstance(item, TextOut):
                 if item.text:
+                    admission.mark_first_token()
                     yield renderer.text(item.index, item.text)
             elif isinstance(item, ChoiceEnd):
                 for frame in renderer.choice_end(item, counts_of(session)):

@@ -40,6 +40,7 @@ from gateway.errors import (
     RouteNotFound,
     ServerBusy,
 )
+from gateway.observe import record_denial
 from gateway.openai_schema import ErrorBody, ErrorResponse
 
 log = logging.getLogger("gateway")
@@ -153,6 +154,9 @@ def handle_exception(request: Request, exc: Exception) -> Response[bytes]:
     """Litestar exception handler for every route: Anthropic's shape on its routes,
     OpenAI's everywhere else."""
     error = to_gateway_error(exc)
+    if error.status in (401, 403, 429, 507) or error.code in ("server_busy",):
+        record_denial(error.code)
+        request.scope.setdefault("state", {})["denial"] = error.code
     if not is_anthropic(request.url.path):
         return error_response(error)
     return Response(

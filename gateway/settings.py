@@ -39,6 +39,9 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     log_level: Annotated[
         Literal["debug", "info", "warning", "error"], _doc("Log level of the gateway process.")
     ] = "info"
+    metrics_token: Annotated[
+        str, _doc("Bearer token GET /metrics requires (empty: open, like /health).")
+    ] = ""
 
 
 class CatalogueEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -141,6 +141,7 @@ async def messages(request: Request) -> Response[Any] | Stream:
         field = "tool_choice" if req.tool_choice is not None else "thinking"
         raise InvalidRequest(f"`{field}` is not supported by this gateway.", param=field)
     spec = ctx.resolve_model(req.model)
+    request.state.model = spec.id
     limits = ctx.settings.engine
     if req.max_tokens > limits.max_tokens_limit:
         raise InvalidRequest(
@@ -165,6 +166,7 @@ async def messages(request: Request) -> Response[Any] | Stream:
         requested_tokens=chars // 4 + 1 + req.max_tokens,
         route="/v1/messages",
     )
+    admission.scope_state = request.scope.setdefault("state", {})
     ident = f"msg_{uuid.uuid4().hex}"
     if req.stream:
         return await stream(

@@ -136,6 +136,7 @@ async def chat_completions(request: Request) -> Response[Any] | Stream:
     ctx = context(request)
     req = decode_body(await request.body(), ChatCompletionRequest)
     spec = ctx.resolve_model(req.model)
+    request.state.model = spec.id
     params = sampling_params(req, req.max_completion_tokens or req.max_tokens, ctx.settings.engine)
     messages = tuple(
         ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in req.messages
@@ -151,6 +152,7 @@ async def chat_completions(request: Request) -> Response[Any] | Stream:
         requested_tokens=estimated_tokens(chars, params, req.n),
         route="/v1/chat/completions",
     )
+    admission.scope_state = request.scope.setdefault("state", {})
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     if not req.stream:
@@ -200,6 +202,7 @@ async def completions(request: Request) -> Response[Any] | Stream:
         requested_tokens=estimated_tokens(len(prompt), params, req.n),
         route="/v1/completions",
     )
+    admission.scope_state = request.scope.setdefault("state", {})
     ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     echo = prompt if req.echo else ""
 

@@ -1,0 +1,172 @@
+"""Every Prometheus metric of the gateway, defined here and nowhere else.
+
+The engine reports through ``engine.events.EngineEvents`` and the gateway's
+admission and generation code call the ``record_*`` functions; neither the
+engine nor the policies import prometheus-client.  Labels are bounded: model
+id, key id (never a secret), route, status, reason, result.  Units are in the
+names.  ``docs/metrics.md`` documents each one; a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# Seconds for whole requests and first tokens: from tens of milliseconds to minutes.
+LLM_SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
+# Seconds between tokens: a fast GPU to a slow CPU.
+TOKEN_SECONDS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2, 2.5)
+LOAD_SECONDS = (0.5, 1, 2, 5, 10, 20, 40, 80, 160, 320)
+
+requests_total = Counter(
+    "gateway_requests_total",
+    "Requests answered, by route, model, key and HTTP status.",
+    ["route", "model", "key", "status"],
+    registry=REGISTRY,
+)
+request_duration_seconds = Histogram(
+    "gateway_request_duration_seconds",
+    "Time from admission to the response's last byte.",
+    ["route", "model"],
+    buckets=LLM_SECONDS,
+    registry=REGISTRY,
+)
+time_to_first_token_seconds = Histogram(
+    "gateway_time_to_first_token_seconds",
+    "Time from admission to the first generated text.",
+    ["model"],
+    buckets=LLM_SECONDS,
+    registry=REGISTRY,
+)
+inter_token_latency_seconds = Histogram(
+    "gateway_inter_token_latency_seconds",
+    "Mean time between generated tokens of a response, observed once per response.",
+    ["model"],
+    buckets=TOKEN_SECONDS,
+    registry=REGISTRY,
+)
+prompt_tokens_total = Counter(
+    "gateway_prompt_tokens_total",
+    "Prompt tokens processed, by model and key.",
+    ["model", "key"],
+    registry=REGISTRY,
+)
+completion_tokens_total = Counter(
+    "gateway_completion_tokens_total",
+    "Tokens generated, by model and key.",
+    ["model", "key"],
+    registry=REGISTRY,
+)
+policy_denials_total = Counter(
+    "gateway_policy_denials_total",
+    "Requests refused by policy or authentication, by reason (the error code).",
+    ["reason"],
+    registry=REGISTRY,
+)
+model_loads_total = Counter(
+    "gateway_model_loads_total",
+    "Model loads, by model and result (ok, failed).",
+    ["model", "result"],
+    registry=REGISTRY,
+)
+model_load_duration_seconds = Histogram(
+    "gateway_model_load_duration_seconds",
+    "Time a model took to load in its worker.",
+    ["model"],
+    buckets=LOAD_SECONDS,
+    registry=REGISTRY,
+)
+model_unloads_total = Counter(
+    "gateway_model_unloads_total",
+    "Models unloaded (worker stopped), by model.",
+    ["model"],
+    registry=REGISTRY,
+)
+model_evictions_total = Counter(
+    "gateway_model_evictions_total",
+    "Models evicted to make room for another, by model and kind (idle, busy).",
+    ["model", "kind"],
+    registry=REGISTRY,
+)
+model_swaps_total = Counter(
+    "gateway_model_swaps_total",
+    "Loads that needed another model evicted first.",
+    ["model"],
+    registry=REGISTRY,
+)
+drain_duration_seconds = Histogram(
+    "gateway_drain_duration_seconds",
+    "Time a model spent draining before its unload.",
+    ["model"],
+    buckets=LOAD_SECONDS,
+    registry=REGISTRY,
+)
+drain_cancelled_requests_total = Counter(
+    "gateway_drain_cancelled_requests_total",
+    "In-flight requests cancelled because a drain ran past drain_timeout.",
+    ["model"],
+    registry=REGISTRY,
+)
+deadline_missed_total = Counter(
+    "gateway_deadline_missed_total",
+    "States resolved by the watchdog past their deadline, by model and state.",
+    ["model", "state"],
+    registry=REGISTRY,
+)
+models_loaded = Gauge(
+    "gateway_models_loaded",
+    "Models holding memory (loading, ready, draining or unloading).",
+    registry=REGISTRY,
+)
+model_memory_bytes = Gauge(
+    "gateway_model_memory_bytes",
+    "Resident memory a loaded model's worker reported (0 when not loaded).",
+    ["model"],
+    registry=REGISTRY,
+)
+memory_budget_bytes = Gauge(
+    "gateway_memory_budget_bytes", "The memory budget for loaded models.", registry=REGISTRY
+)
+memory_used_bytes = Gauge(
+    "gateway_memory_used_bytes",
+    "The estimated need of every model holding memory.",
+    registry=REGISTRY,
+)
+disk_budget_bytes = Gauge(
+    "gateway_disk_budget_bytes", "The disk budget for downloaded models.", registry=REGISTRY
+)
+disk_used_bytes = Gauge(
+    "gateway_disk_used_bytes", "Bytes the download cache uses.", registry=REGISTRY
+)
+download_bytes_total = Counter(
+    "gateway_download_bytes_total",
+    "Bytes downloaded from the hub, by the key that caused the download.",
+    ["key"],
+    registry=REGISTRY,
+)
+queue_depth = Gauge(
+    "gateway_queue_depth",
+    "Requests waiting for a model (loading, swapping or saturated).",
+    ["model"],
+    registry=REGISTRY,
+)
+queue_wait_seconds = Histogram(
+    "gateway_queue_wait_seconds",
+    "Time a request waited for its model before it ran (or gave up).",
+    ["model"],
+    buckets=LLM_SECONDS,
+    registry=REGISTRY,
+)
+in_flight_requests = Gauge(
+    "gateway_in_flight_requests",
+    "Requests generating on a model now.",
+    ["model"],
+    registry=REGISTRY,
+)
+worker_crashes_total = Counter(
+    "gateway_worker_crashes_total",
+    "Worker processes that exited unexpectedly, by model.",
+    ["model"],
+    registry=REGISTRY,
+)
