@@ -114,7 +114,6 @@ from serving import (
     progress,
     running_server,
     stop_process,
-    wait_ready,
 )
 
 PROMPT = "Say hi."
@@ -655,34 +654,6 @@ def litellm_env() -> dict[str, str]:
 
 
 @contextmanager
-def server_in(
-    name: str,
-    cmd: list[str],
-    env: dict[str, str],
-    ready_url: str,
-    log: Path,
-    timeout: float,
-    cwd: Path,
-) -> Iterator[subprocess.Popen[bytes]]:
-    """``serving.running_server`` with another working directory (nothing lands in the repo)."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_ready(name, proc, ready_url, log, timeout)
-        yield proc
-    finally:
-        stop_process(proc)
-
-
-@contextmanager
 def litellm_targets(root: Path, venv: Path, args: argparse.Namespace) -> Iterator[list[Target]]:
     with ExitStack() as stack:
         upstream = free_port()
@@ -690,7 +661,7 @@ def litellm_targets(root: Path, venv: Path, args: argparse.Namespace) -> Iterato
         progress(f"starting the fake upstream on 127.0.0.1:{upstream}")
         cmd = [sys.executable, str(Path(__file__).with_name("fake_upstream.py"))]
         upstream_proc = stack.enter_context(
-            server_in(
+            running_server(
                 "fake upstream",
                 [*cmd, "--port", str(upstream)],
                 dict(os.environ),
@@ -711,7 +682,7 @@ def litellm_targets(root: Path, venv: Path, args: argparse.Namespace) -> Iterato
         cmd = [str(venv / "bin" / "litellm"), "--config", str(config)]
         cmd += ["--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
         proxy_proc = stack.enter_context(
-            server_in(
+            running_server(
                 "LiteLLM",
                 cmd,
                 litellm_env(),

@@ -338,13 +338,19 @@ def wait_ready(
 
 @contextmanager
 def running_server(
-    name: str, cmd: list[str], env: dict[str, str], ready_url: str, log: Path, timeout: float
+    name: str,
+    cmd: list[str],
+    env: dict[str, str],
+    ready_url: str,
+    log: Path,
+    timeout: float,
+    cwd: Path = REPO_ROOT,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start ``cmd`` in its own process group, wait for ``ready_url``, always stop it."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
             cmd,
-            cwd=REPO_ROOT,
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,
