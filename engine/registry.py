@@ -139,6 +139,7 @@ class ModelStatus:
     error: str | None
     loads: int = 0
     pid: int | None = None
+    crashed: bool = False  # failed because its worker died while serving
     waiting: tuple[WaitingRequest, ...] = ()
 
 
@@ -192,6 +193,7 @@ class _Slot:
     task: asyncio.Task[None] | None = None
     durations: deque[float] = field(default_factory=lambda: deque(maxlen=20))
     loads: int = 0
+    crashed: bool = False
 
 
 class Registry:
@@ -240,6 +242,7 @@ class Registry:
             error=slot.error,
             loads=slot.loads,
             pid=slot.worker.pid if slot.worker is not None else None,
+            crashed=slot.state is ModelState.FAILED and slot.crashed,
             waiting=tuple(WaitingRequest(w.caller, now - w.enqueued, w.reason) for w in slot.queue),
         )
 
@@ -508,6 +511,7 @@ class Registry:
         slot.load_started = slot.last_progress = now
         slot.progress_bytes = 0
         slot.loads += 1
+        slot.crashed = False
         self._set_reason(slot, f"{slot.spec.id} is loading")
         slot.task = asyncio.get_running_loop().create_task(self._load(slot))
 
@@ -598,6 +602,7 @@ class Registry:
         log.error("worker of %s exited unexpectedly: %s", slot.spec.id, reason)
         slot.worker = None
         slot.error = f"worker exited ({reason})"
+        slot.crashed = True
         slot.ready_since = None
         slot.memory_bytes = 0
         self._enter(slot, ModelState.FAILED)

@@ -51,7 +51,9 @@ def from_denial(deny: Deny, headers: dict[str, str] | None = None) -> GatewayErr
 
 def resources_of(ctx: AppContext, spec: ModelSpec) -> ModelResources:
     status = ctx.registry.status(spec.id)
-    loaded = status.state in (ModelState.READY, ModelState.LOADING)
+    # A model whose worker crashed counts as loaded: bringing it back is recovery,
+    # not a caller's decision to load (no `load` scope or load quota needed).
+    loaded = status.state in (ModelState.READY, ModelState.LOADING) or status.crashed
     try:
         need = ctx.registry.need(spec.id).total
     except Exception:  # unreadable weights: the load itself will report it
@@ -153,7 +155,8 @@ def admit(
     headers = ratelimit_headers(principal.limits, usage, now, requested_tokens)
     if isinstance(decision, Deny):
         raise from_denial(decision, headers)
-    will_load = ctx.registry.status(spec.id).state not in (ModelState.READY, ModelState.LOADING)
+    status = ctx.registry.status(spec.id)
+    will_load = status.state not in (ModelState.READY, ModelState.LOADING) and not status.crashed
     counters.admit(principal.key_id, now, load=will_load)
     if will_load and ctx.keys is not None:
         background(ctx.keys.arecord_load(principal.key_id, spec.id, now))

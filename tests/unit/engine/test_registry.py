@@ -251,8 +251,10 @@ async def test_worker_crash_mid_stream_fails_the_request_and_next_request_reload
             pass
     registry.release(lease)
     assert registry.status("a").state is ModelState.FAILED
+    assert registry.status("a").crashed  # the gateway treats its reload as recovery
     async with registry.lease("a") as again:
         assert again.worker is workers.spawned[1]
+    assert not registry.status("a").crashed
 
 
 async def test_keep_alive_unloads_an_idle_model_and_pinned_or_minus_one_never(make, clock):
