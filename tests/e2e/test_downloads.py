@@ -330,56 +330,26 @@ def test_cli_pull_downloads_with_progress_and_models_list_shows_it(hub, tmp_path
         "GATEWAY_MODELS_DISCOVER_HF_CACHE": "true",
         "PATH": "/usr/bin:/bin",
     }
-    pulled = subprocess.run(
-        [sys.executable, "-m", "gateway", "models", "pull", REPO_ID, "--data-dir", str(tmp_path)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    dirs = ["--data-dir", str(tmp_path), "--models-dir", str(tmp_path / "none")]
+
+    def gateway(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", "models", *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    pulled = gateway("pull", REPO_ID, "--data-dir", str(tmp_path))
     assert pulled.returncode == 0, pulled.stderr
     assert "pulled mlx-community/tiny-dl" in pulled.stdout
     assert "[" in pulled.stderr  # the progress bar
     assert snapshot_complete(tmp_path)
-    listed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "models",
-            "list",
-            "--data-dir",
-            str(tmp_path),
-            "--models-dir",
-            str(tmp_path / "none"),
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    listed = gateway("list", *dirs)
     assert REPO_ID in listed.stdout and "on_disk" in listed.stdout
-    removed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "models",
-            "rm",
-            REPO_ID,
-            "--data-dir",
-            str(tmp_path),
-            "--models-dir",
-            str(tmp_path / "none"),
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    removed = gateway("rm", REPO_ID, *dirs)
     assert removed.returncode == 0, removed.stderr
     assert not snapshot_complete(tmp_path)
 
