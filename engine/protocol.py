@@ -52,12 +52,20 @@ class Load(msgspec.Struct, tag=True, frozen=True):
 
 
 class Generate(msgspec.Struct, tag=True, frozen=True):
-    """One generation.  Exactly one of ``messages`` (chat) or ``prompt`` is set."""
+    """One generation.  Exactly one of ``messages`` (chat) or ``prompt`` is set.
+
+    ``tokens``, when set, is the prompt already tokenized by the gateway (the worker
+    then skips tokenizing).  ``partition`` names the prompt-cache partition the
+    request may read and write: requests of different partitions never share a
+    cached prefix.
+    """
 
     req_id: int
     params: SamplingParams
     messages: tuple[ChatMessage, ...] | None = None
     prompt: str | None = None
+    tokens: tuple[int, ...] | None = None
+    partition: str = ""
 
 
 class Cancel(msgspec.Struct, tag=True, frozen=True):

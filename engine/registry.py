@@ -77,6 +77,8 @@ class Worker(Protocol):
         *,
         messages: tuple[ChatMessage, ...] | None = None,
         prompt: str | None = None,
+        tokens: tuple[int, ...] | None = None,
+        partition: str = "",
     ) -> AsyncIterator[Started | Delta | Finished]: ...
 
     def cancel_all(self, reason: str) -> int: ...
@@ -110,6 +112,7 @@ class RegistryConfig:
     max_concurrent: int = 4
     queue_per_model: int = 32
     queue_total: int = 128
+    queue_per_key: int = 0  # queued-plus-running requests per caller and model; 0: no cap
     worker_overhead: int = 256 * 1024**2
     spare_worker: bool = False
     tick: float = 0.25
@@ -161,8 +164,12 @@ class Lease:
         *,
         messages: tuple[ChatMessage, ...] | None = None,
         prompt: str | None = None,
+        tokens: tuple[int, ...] | None = None,
+        partition: str = "",
     ) -> AsyncIterator[Started | Delta | Finished]:
-        return self.worker.generate(params, messages=messages, prompt=prompt)
+        return self.worker.generate(
+            params, messages=messages, prompt=prompt, tokens=tokens, partition=partition
+        )
 
 
 @dataclass(eq=False)
@@ -303,7 +310,14 @@ class Registry:
         self._check_fits(slot)
         self._check_queue(slot)
 
-    async def acquire(self, model_id: str, caller: str = "-", wait: float | None = None) -> Lease:
+    async def acquire(
+        self,
+        model_id: str,
+        caller: str = "-",
+        wait: float | None = None,
+        *,
+        may_load: bool = True,
+    ) -> Lease:
         """Wait (up to ``wait``, default ``load_wait``) for ``model_id`` and lease it.
 
         Raises before anything is unloaded when the model can never fit, and

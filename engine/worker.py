@@ -118,6 +118,8 @@ class WorkerProcess:
         *,
         messages: tuple[ChatMessage, ...] | None = None,
         prompt: str | None = None,
+        tokens: tuple[int, ...] | None = None,
+        partition: str = "",
     ) -> AsyncIterator[Started | Delta | Finished]:
         """Run one generation; leaving the iteration early cancels it in the worker."""
         req_id = next(_ids)
@@ -125,7 +127,16 @@ class WorkerProcess:
         self._streams[req_id] = events
         finished = False
         try:
-            await self._send(Generate(req_id, params, messages=messages, prompt=prompt))
+            await self._send(
+                Generate(
+                    req_id,
+                    params,
+                    messages=messages,
+                    prompt=prompt,
+                    tokens=tokens,
+                    partition=partition,
+                )
+            )
             while True:
                 event = await events.get()
                 if event is _CRASHED:

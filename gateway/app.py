@@ -27,7 +27,7 @@ from gateway.observe import MetricEvents, MetricsMiddleware
 from gateway.responses import handle_exception
 from gateway.routes import admin, anthropic, health, keys, models, openai
 from gateway.routes import metrics as metrics_route
-from gateway.settings import Settings, memory_budget_bytes
+from gateway.settings import Settings, memory_budget_bytes, queue_per_key
 from policies.principal import Principal
 
 log = logging.getLogger("gateway")
@@ -49,6 +49,7 @@ def registry_config(settings: Settings) -> RegistryConfig:
         max_concurrent=engine.max_concurrent_per_model,
         queue_per_model=engine.queue_per_model,
         queue_total=engine.queue_total,
+        queue_per_key=queue_per_key(engine),
         worker_overhead=engine.worker_overhead_bytes,
         spare_worker=engine.spare_worker,
     )

@@ -29,6 +29,13 @@ class AppContext:
     keys: KeyStore | None
     downloader: Downloader | None = None
 
+    def cache_partition(self, key_id: str) -> str:
+        """The prompt-cache partition of a key: its own, or its operator-named group's."""
+        for group, members in self.settings.engine.prompt_cache_groups.items():
+            if key_id in members:
+                return f"group:{group}"
+        return f"key:{key_id}"
+
     def resolve_model(self, name: str) -> ModelSpec:
         """The catalogue model a request names; 400 for a malformed name, 404 if unknown."""
         if not MODEL_NAME.fullmatch(name) or ".." in name:

@@ -22,11 +22,18 @@ from engine.registry import Lease, Registry
 
 @dataclass(frozen=True)
 class InferenceCall:
+    """One admitted call.  ``tokens`` is the prompt tokenized by the gateway;
+    ``partition`` the prompt-cache partition of the caller; ``may_load`` whether
+    the caller's key may cause the model to be loaded (``load`` scope)."""
+
     model_id: str
     params: SamplingParams
     n: int = 1
     messages: tuple[ChatMessage, ...] | None = None
     prompt: str | None = None
+    tokens: tuple[int, ...] | None = None
+    partition: str = ""
+    may_load: bool = True
 
 
 @dataclass(frozen=True)
@@ -68,7 +75,11 @@ class InferenceSession:
         call = self._call
         try:
             async for event in self._lease.generate(
-                call.params, messages=call.messages, prompt=call.prompt
+                call.params,
+                messages=call.messages,
+                prompt=call.prompt,
+                tokens=call.tokens,
+                partition=call.partition,
             ):
                 if isinstance(event, Started):
                     self._queue.put_nowait(event)
@@ -138,7 +149,7 @@ async def open_session(
     ``caller`` is the opaque tag the registry's fair queue uses; ``wait`` bounds
     the wait for the model (default: the registry's ``load_wait``).
     """
-    lease = await registry.acquire(call.model_id, caller, wait)
+    lease = await registry.acquire(call.model_id, caller, wait, may_load=call.may_load)
     try:
         session = InferenceSession(registry, lease, call)
     except BaseException:

@@ -40,8 +40,23 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         Literal["debug", "info", "warning", "error"], _doc("Log level of the gateway process.")
     ] = "info"
     metrics_token: Annotated[
-        str, _doc("Bearer token GET /metrics requires (empty: open, like /health).")
+        str, _doc("Bearer token GET /metrics accepts besides an admin key (empty: admin key only).")
     ] = ""
+    metrics_public: Annotated[
+        bool,
+        _doc("Serve GET /metrics without any credential (it names key ids: trusted networks)."),
+    ] = False
+    header_timeout: Annotated[
+        float,
+        _doc("Seconds a client has to send a request's headers before it is disconnected.", gt=0),
+    ] = 30.0
+    max_connections: Annotated[
+        int,
+        _doc(
+            "Open connections served at once; more get 503 (0: derived from the open-files limit).",
+            ge=0,
+        ),
+    ] = 0
 
 
 class CatalogueEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -132,6 +147,28 @@ class EngineSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     queue_total: Annotated[
         int, _doc("Requests that may wait in all queues together; more get 503.", ge=0)
     ] = 128
+    queue_per_key: Annotated[
+        int,
+        _doc(
+            "Queued plus running requests of one key per model; more get 429 (0: a quarter of queue_per_model).",
+            ge=0,
+        ),
+    ] = 0
+    request_timeout: Annotated[
+        float,
+        _doc("Seconds any one request may take in all, waits included, before it is ended.", gt=0),
+    ] = 1800.0
+    tokenizer_threads: Annotated[
+        int,
+        _doc("Threads that tokenize prompts in the gateway (never the authentication pool).", ge=1),
+    ] = 2
+    tokenizer_queue: Annotated[
+        int, _doc("Prompts that may wait for a tokenizer thread; more get 503 server_busy.", ge=1)
+    ] = 64
+    prompt_cache_groups: Annotated[
+        dict[str, list[str]],
+        _doc('Groups of key ids sharing one prompt cache, e.g. {team = ["1e5ca86c", "jwt:ana"]}.'),
+    ] = {}
     worker_overhead_bytes: Annotated[
         int, _doc("Memory counted per worker beyond weights and KV cache.", ge=0)
     ] = 256 * 1024 * 1024
@@ -296,6 +333,7 @@ def load_settings(
     _check_auth(settings)
     for field in ("disk_budget", "min_free", "max_model_size"):
         parse_size(getattr(settings.downloads, field), f"downloads.{field}")
+    _check_cache_groups(settings.engine.prompt_cache_groups)
     for model_id, entry in settings.models.catalogue.items():
         if bool(entry.path) == bool(entry.repo):
             raise SettingsError(f"models.catalogue.{model_id}: give exactly one of path or repo")
@@ -303,6 +341,23 @@ def load_settings(
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _check_cache_groups(groups: Mapping[str, list[str]]) -> None:
+    seen: dict[str, str] = {}
+    for name, members in groups.items():
+        for key_id in members:
+            if key_id in seen:
+                raise SettingsError(
+                    f"engine.prompt_cache_groups.{name}: key {key_id} is already in group "
+                    f"{seen[key_id]}; a key shares its prompt cache with one group at most"
+                )
+            seen[key_id] = name
+
+
+def queue_per_key(engine: EngineSettings) -> int:
+    """The per-key, per-model cap on queued-plus-running requests (0 means derived)."""
+    return engine.queue_per_key or max(1, engine.queue_per_model // 4)
 
 
 def _check_auth(settings: Settings) -> None:

@@ -50,6 +50,8 @@ class FakeWorker:
         *,
         messages: tuple[ChatMessage, ...] | None = None,
         prompt: str | None = None,
+        tokens: tuple[int, ...] | None = None,
+        partition: str = "",
     ) -> AsyncIterator[Started | Delta | Finished]:
         self.in_flight += 1
         try:
