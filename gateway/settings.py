@@ -150,7 +150,7 @@ class EngineSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     queue_per_key: Annotated[
         int,
         _doc(
-            "Queued plus running requests of one key per model; more get 429 (0: a quarter of queue_per_model).",
+            "One key's queued plus running requests per model; more: 429 (0: queue_per_model/4).",
             ge=0,
         ),
     ] = 0
