@@ -1,21 +1,21 @@
 """Model downloads through ``huggingface_hub``: sizes first, then bytes, under a disk budget.
 
-``fetch_plan`` reads a repo's file list and sizes from the hub's metadata (no
-file byte is fetched) and keeps only what an MLX model needs.  The
+``engine.hub_plan.fetch_plan`` reads what a repo holds (metadata only).  The
 ``Downloader`` runs one job per (repo, commit): concurrent requests for the
 same model share it.  A job downloads with ``hf_hub_download`` into the
 Hugging Face cache (so ``HF_ENDPOINT``, ``HF_TOKEN``, the cache layout and
 resumption behave as users know), weights first and ``config.json`` last: a
 snapshot without ``config.json`` is never taken for a model, so an
-interrupted download never looks complete.  As bytes arrive, the job checks
-its cancel flag, the disk budget and the real free space, and aborts cleanly
-when one says stop.
+interrupted download never looks complete.  A job holds its declared bytes in
+the disk ledger and its key's quota ledger (``engine.ledger``) while it runs;
+as bytes arrive it checks its cancel flag, both ledgers and the real free
+space, and aborts cleanly (removing what it wrote) when one says stop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fnmatch
+import contextlib
 import itertools
 import logging
 import shutil
@@ -27,100 +27,19 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from engine.hub_plan import DownloadError, DownloadPlan, RemoteFile, fetch_plan, needed
+from engine.ledger import Ledgers
+
 log = logging.getLogger("engine.downloads")
-
-NEEDED = (
-    "*.safetensors",
-    "model.safetensors.index.json",
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "chat_template.json",
-    "chat_template.jinja",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "*.tiktoken",
-)
+DISK = "disk"
 
 
-class DownloadError(Exception):
-    """The hub refused or failed (the message says which); nothing usable was written."""
+def _key_ledger(key_id: str) -> str:
+    return f"key:{key_id}"
 
 
 class DownloadAborted(Exception):
     """Raised inside the download thread to stop it (cancel, disk budget, no space)."""
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    path: str
-    size: int
-
-
-@dataclass(frozen=True)
-class DownloadPlan:
-    repo: str
-    revision: str
-    commit: str
-    files: tuple[RemoteFile, ...]
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(f.size for f in self.files)
-
-
-def needed(path: str) -> bool:
-    name = path.rsplit("/", 1)[-1]
-    return "/" not in path and any(fnmatch.fnmatchcase(name, p) for p in NEEDED)
-
-
-def order_files(files: list[RemoteFile]) -> tuple[RemoteFile, ...]:
-    """Weights first, config.json last: its presence marks a complete model."""
-    return tuple(
-        sorted(
-            files,
-            key=lambda f: (f.path == "config.json", not f.path.endswith(".safetensors"), f.path),
-        )
-    )
-
-
-def fetch_plan(
-    repo: str, revision: str = "main", *, endpoint: str | None = None, token: str | None = None
-) -> DownloadPlan:
-    """The files an MLX model needs from ``repo`` and their sizes (metadata only)."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    try:
-        info = HfApi(endpoint=endpoint, token=token).model_info(
-            repo, revision=revision, files_metadata=True
-        )
-    except GatedRepoError as exc:
-        raise DownloadError(f"{repo} is gated; the hub token has no access") from exc
-    except RepositoryNotFoundError as exc:
-        raise DownloadError(f"{repo} does not exist on the hub (or is private)") from exc
-    except RevisionNotFoundError as exc:
-        raise DownloadError(f"{repo} has no revision {revision}") from exc
-    except (HfHubHTTPError, OSError) as exc:
-        raise DownloadError(f"the hub did not answer for {repo}: {exc}") from exc
-    files = [
-        RemoteFile(s.rfilename, int(s.size or 0))
-        for s in info.siblings or []
-        if needed(s.rfilename)
-    ]
-    names = {f.path for f in files}
-    if "config.json" not in names or not any(n.endswith(".safetensors") for n in names):
-        raise DownloadError(f"{repo} is not an MLX model (no config.json and safetensors)")
-    return DownloadPlan(repo, revision, str(info.sha), order_files(files))
 
 
 class JobState(StrEnum):
@@ -142,8 +61,26 @@ class DownloadJob:
     error: str | None = None
     path: Path | None = None
     cancel_requested: bool = False
-    used_before: int = 0  # the store's size when the job started
+    ledgers: tuple[str, ...] = ()  # the byte ledgers this job holds bytes in
+    written: list[Path] = field(default_factory=list)  # blobs this job completed
+    removed: bool = False  # failed or cancelled: what it wrote was removed
     done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def declared_bytes(self) -> int:
+        return self.plan.total_bytes
+
+    @property
+    def written_bytes(self) -> int:
+        return self.bytes_done
+
+    @property
+    def kept_bytes(self) -> int:
+        return 0 if self.removed else self.bytes_done
+
+    @property
+    def running(self) -> bool:
+        return self.state is JobState.DOWNLOADING
 
     @property
     def bytes_per_second(self) -> float:
@@ -197,6 +134,8 @@ class Downloader:
         self._on_bytes = on_bytes
         self._on_finished = on_finished
         self.jobs: dict[str, DownloadJob] = {}
+        self.ledgers = Ledgers()
+        self._finished = 0  # jobs finished so far: a walk older than one is stale
 
     def clean_partial(self) -> int:
         """Remove what an interrupted run left (``*.incomplete`` blobs of a process that
@@ -207,10 +146,41 @@ class Downloader:
             removed += 1
         return removed
 
-    def free_bytes(self) -> int:
-        """What a new download may still use: the lesser of budget and real free space."""
+    async def measure(self) -> int:
+        """The store's size on disk now, as the disk ledger counts it: the running
+        ledger's base, or a fresh walk (off the event loop) when no job runs."""
+        while True:
+            ledger = self.ledgers.get(DISK)
+            if ledger is not None:
+                return ledger.base
+            finished = self._finished
+            used = await asyncio.to_thread(self._disk.used)
+            if finished == self._finished:  # no job ended during the walk
+                return used
+            # else a job's last files may be missing from the walk: measure again
+
+    def room(self, used: int) -> int:
+        """Bytes a new download may still declare: the disk budget and the real free
+        space (less ``min_free``), after what running downloads hold."""
         disk = self._disk
-        return max(0, min(disk.budget - disk.used(), disk.free() - disk.min_free))
+        ledger = self.ledgers.get(DISK)
+        base = ledger.base if ledger is not None else used
+        held = ledger.held() if ledger is not None else 0
+        pending = sum(
+            max(0, j.declared_bytes - j.written_bytes) for j in self.jobs.values() if j.running
+        )
+        return max(0, min(disk.budget - base - held, disk.free() - disk.min_free - pending))
+
+    def key_used(self, key_id: str, counted: int) -> int:
+        """A key's download bytes of the day: ``counted`` (what its finished and
+        running jobs delivered so far) or, while it has a job running, its ledger's
+        base plus what its jobs hold (declared sizes included)."""
+        ledger = self.ledgers.get(_key_ledger(key_id))
+        return counted if ledger is None else ledger.base + ledger.held()
+
+    def free_bytes(self) -> int:
+        """What a new download may still use (walks the store: not on the event loop)."""
+        return self.room(self._disk.used())
 
     def active_for(self, repo: str) -> DownloadJob | None:
         for job in self.jobs.values():
@@ -218,13 +188,32 @@ class Downloader:
                 return job
         return None
 
-    def start(self, plan: DownloadPlan, key_id: str) -> tuple[DownloadJob, bool]:
-        """The job for ``plan``: a running one (shared) or a new one; True when new."""
+    def start(
+        self,
+        plan: DownloadPlan,
+        key_id: str,
+        *,
+        used: int | None = None,
+        key_counted: int = 0,
+        key_limit: int | None = None,
+    ) -> tuple[DownloadJob, bool]:
+        """The job for ``plan``: a running one (shared) or a new one; True when new.
+
+        A new job holds its declared size in the disk ledger (on ``used``, the
+        store's measured size) and in its key's ledger (on ``key_counted``, the
+        key's bytes of the day, against ``key_limit``) until it ends; the caller
+        has checked, in the same synchronous step, that both have room.
+        """
         for job in self.jobs.values():
             same = job.plan.repo == plan.repo and job.plan.commit == plan.commit
             if same and job.state is JobState.DOWNLOADING:
                 return job, False
-        job = DownloadJob(f"dl-{next(self._ids)}", plan, key_id, used_before=self._disk.used())
+        job = DownloadJob(f"dl-{next(self._ids)}", plan, key_id)
+        disk_base = self._disk.used() if used is None else used
+        names = (DISK, _key_ledger(key_id))
+        job.ledgers = names
+        self.ledgers.open(DISK, disk_base, self._disk.budget, disk=True).jobs.append(job)
+        self.ledgers.open(names[1], key_counted, key_limit).jobs.append(job)
         self.jobs[job.id] = job
         loop = asyncio.get_running_loop()
         threading.Thread(
@@ -244,8 +233,11 @@ class Downloader:
         disk = self._disk
         if disk.free() < disk.min_free:
             raise DownloadAborted("the disk is nearly full")
-        if job.used_before + job.bytes_done > disk.budget:  # no directory walk per chunk
+        over = self.ledgers.over(list(job.ledgers), job)  # no directory walk per chunk
+        if over == DISK:
             raise DownloadAborted("the disk budget is used up")
+        if over is not None:
+            raise DownloadAborted("the key's daily download quota is used up")
 
     def _progress_class(self, job: DownloadJob, loop: asyncio.AbstractEventLoop) -> type:
         from tqdm.auto import tqdm
@@ -288,8 +280,10 @@ class Downloader:
                     tqdm_class=progress,
                 )
                 actual = Path(str(local)).stat().st_size
+                job.written.append(Path(str(local)))
                 if job.bytes_done - before < actual:  # a file the client did not report
                     job.bytes_done = before + actual
+                    self._check(job)
                 path = Path(str(local)).parent
         except DownloadAborted as exc:
             state = JobState.CANCELLED if job.cancel_requested else JobState.FAILED
@@ -297,27 +291,33 @@ class Downloader:
         except Exception as exc:  # the hub, the network, the disk
             state, error = JobState.FAILED, f"{type(exc).__name__}: {exc}"
         if state is not JobState.DONE:
-            self._remove_partial(plan)
+            self._remove_partial(plan, job.written)
             log.warning("download %s of %s ended: %s", job.id, plan.repo, error)
         loop.call_soon_threadsafe(self._finish, job, state, error, path)
 
-    def _remove_partial(self, plan: DownloadPlan) -> None:
-        """Leave nothing that looks like a model: config.json (downloaded last) goes.
+    def _remove_partial(self, plan: DownloadPlan, written: list[Path]) -> None:
+        """Leave nothing that looks like a model, and nothing this job wrote: its
+        files (the snapshot's links and the blobs behind them) go, config.json
+        (downloaded last) with them.
 
         hf_hub_download resumes a dropped transfer itself within one call (Range
-        requests); a call that fails keeps no partial blob, so the next attempt
-        starts that file again and reuses every file already complete."""
+        requests); a call that fails keeps no partial blob."""
         folder = self.cache_dir / ("models--" + plan.repo.replace("/", "--"))
         snapshot = folder / "snapshots" / plan.commit
-        config = snapshot / "config.json"
-        if config.is_symlink() or config.exists():
-            config.unlink()
+        for link in [*written, snapshot / "config.json"]:
+            with contextlib.suppress(OSError):
+                blob = link.resolve() if link.is_symlink() else None
+                link.unlink(missing_ok=True)
+                if blob is not None and blob.is_relative_to(folder):
+                    blob.unlink(missing_ok=True)
 
     def _finish(
         self, job: DownloadJob, state: JobState, error: str | None, path: Path | None
     ) -> None:
         job.state, job.error, job.path = state, error, path
+        job.removed = state is not JobState.DONE  # its files are gone: no disk held
         job.finished = time.monotonic()
+        self._finished += 1
         job.done.set()
         if self._on_finished is not None:
             self._on_finished(job)
@@ -328,3 +328,18 @@ def free_space(path: Path) -> int:
     while not probe.exists():
         probe = probe.parent
     return shutil.disk_usage(probe).free
+
+
+__all__ = [
+    "DiskBudget",
+    "DownloadError",
+    "DownloadJob",
+    "DownloadPlan",
+    "Downloader",
+    "JobState",
+    "RemoteFile",
+    "directory_bytes",
+    "fetch_plan",
+    "free_space",
+    "needed",
+]

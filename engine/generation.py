@@ -1,9 +1,11 @@
 """MLX generation inside a worker process (the only engine module that imports MLX).
 
-``ModelRunner`` owns one loaded model, its tokenizer, a prompt cache of recent
-prompts and the MLX stream.  ``Generation`` is one request's state: a token
-iterator from mlx-lm's ``stream_generate`` that the worker advances one token
-at a time, so requests interleave and a cancel takes effect within one step.
+``ModelRunner`` owns one loaded model, its tokenizer, the prompt caches of recent
+prompts (``PartitionedPromptCache``: one bounded LRU per partition, so callers of
+different partitions never share a cached prefix) and the MLX stream.
+``Generation`` is one request's state: a token iterator from mlx-lm's
+``stream_generate`` that the worker advances one token at a time, so requests
+interleave and a cancel takes effect within one step.
 
 Every method here must run on the worker's single MLX thread.
 """
@@ -11,6 +13,7 @@ Every method here must run on the worker's single MLX thread.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
@@ -62,23 +65,88 @@ def make_token_sampler(params: SamplingParams) -> Callable[[mx.array], mx.array]
     return make_sampler(params.temperature, top_p=top_p, top_k=params.top_k)
 
 
-class ModelRunner:
-    """One loaded model and the prompt cache of its recent requests."""
+MAX_PARTITIONS = 64
 
-    def __init__(self, model_id: str, model_dir: Path, prompt_cache_size: int) -> None:
+
+TOTAL_FACTOR = 4  # all partitions together keep at most this many times max_size entries
+
+
+class PartitionedPromptCache:
+    """Prompt caches kept apart by partition (an API key, or a group of keys).
+
+    A request fetches from and inserts into its own partition's cache only, so
+    two partitions never share a cached prefix: neither ``cached_tokens`` nor the
+    time to first token tells one caller anything about another's prompts.  Each
+    partition is its own LRU of ``max_size`` entries, so one partition's traffic
+    evicts only its own entries; beyond ``max_partitions`` partitions, or beyond
+    ``TOTAL_FACTOR * max_size`` entries in all, the least recently used partition
+    is dropped whole, so memory stays within a few times what one shared cache
+    held.  The empty string is a partition like any other.
+    """
+
+    def __init__(self, model_id: str, max_size: int, max_partitions: int = MAX_PARTITIONS) -> None:
+        self.model_id = model_id
+        self.max_size = max_size
+        self.max_partitions = max_partitions
+        self._partitions: OrderedDict[str, LRUPromptCache] = OrderedDict()
+
+    def __len__(self) -> int:
+        """The number of partitions kept."""
+        return len(self._partitions)
+
+    def entries(self, partition: str) -> int:
+        cache = self._partitions.get(partition)
+        return 0 if cache is None else len(cache)
+
+    def fetch(self, partition: str, tokens: list[int]) -> tuple[list[Any] | None, list[int]]:
+        """The nearest cached prefix of ``tokens`` in ``partition`` and the tokens left."""
+        cache = self._partitions.get(partition)
+        if cache is None:
+            return None, tokens
+        self._partitions.move_to_end(partition)
+        return cache.fetch_nearest_cache(self.model_id, tokens)
+
+    def insert(self, partition: str, tokens: list[int], kv_cache: list[Any]) -> None:
+        if self.max_size <= 0 or self.max_partitions <= 0:
+            return
+        cache = self._partitions.get(partition)
+        if cache is None:
+            cache = self._partitions[partition] = LRUPromptCache(max_size=self.max_size)
+            while len(self._partitions) > self.max_partitions:
+                self._partitions.popitem(last=False)
+        else:
+            self._partitions.move_to_end(partition)
+        cache.insert_cache(self.model_id, tokens, kv_cache)
+        total = TOTAL_FACTOR * self.max_size
+        while len(self._partitions) > 1 and sum(len(c) for c in self._partitions.values()) > total:
+            self._partitions.popitem(last=False)
+
+
+class ModelRunner:
+    """One loaded model and the prompt caches of its recent requests."""
+
+    def __init__(
+        self,
+        model_id: str,
+        model_dir: Path,
+        prompt_cache_size: int,
+        *,
+        max_partitions: int = MAX_PARTITIONS,
+    ) -> None:
         started = time.perf_counter()
         self.model_id = model_id
         loaded = mlx_load(str(model_dir))
         self.model, self.tokenizer = loaded[0], loaded[1]
         mx.eval(self.model.parameters())
         self.stream = mx.new_stream(mx.default_device())
-        self.prompt_cache = LRUPromptCache(max_size=prompt_cache_size)
+        self.prompt_cache = PartitionedPromptCache(model_id, prompt_cache_size, max_partitions)
         config = getattr(self.model, "args", None)
         self.context_length = int(getattr(config, "max_position_embeddings", 0) or 4096)
         self.vocab_size = int(getattr(config, "vocab_size", 0) or len(self.tokenizer.vocab))
         self.load_seconds = time.perf_counter() - started
 
     def tokenize(self, request: Generate) -> list[int]:
+        """The prompt tokens of ``request``'s messages or prompt (ignoring ``tokens``)."""
         if request.messages is not None:
             return self._chat_tokens(request.messages)
         assert request.prompt is not None
@@ -87,6 +155,19 @@ class ModelRunner:
     def _chat_tokens(self, messages: tuple[ChatMessage, ...]) -> list[int]:
         return chat_tokens(self.tokenizer, messages)
 
+    def prompt_tokens(self, request: Generate) -> list[int]:
+        """The prompt: the gateway's ``tokens`` when given (checked, never re-tokenized),
+        else the messages or prompt tokenized here."""
+        if request.tokens is None:
+            return self.tokenize(request)
+        outside = next((t for t in request.tokens if not 0 <= t < self.vocab_size), None)
+        if outside is not None:
+            raise InvalidGeneration(
+                f"the prompt holds token {outside}, outside the vocabulary of "
+                f"{self.vocab_size} tokens"
+            )
+        return list(request.tokens)
+
     def start(self, request: Generate) -> Generation:
         outside = [t for t in request.params.logit_bias if not 0 <= t < self.vocab_size]
         if outside:
@@ -94,7 +175,7 @@ class ModelRunner:
                 f"logit_bias names token {outside[0]}, outside the vocabulary of "
                 f"{self.vocab_size} tokens"
             )
-        prompt = self.tokenize(request)
+        prompt = self.prompt_tokens(request)
         if not prompt:
             raise PromptTooLong("the prompt is empty")
         if len(prompt) + request.params.max_tokens > self.context_length:
@@ -103,7 +184,7 @@ class ModelRunner:
                 f"{request.params.max_tokens}: together more than the model's "
                 f"context of {self.context_length} tokens"
             )
-        cache, rest = self.prompt_cache.fetch_nearest_cache(self.model_id, prompt)
+        cache, rest = self.prompt_cache.fetch(request.partition, prompt)
         if cache is None:
             cache, rest = make_prompt_cache(self.model), prompt
         elif not rest:
@@ -112,8 +193,8 @@ class ModelRunner:
             rest = prompt[-1:]
         return Generation(self, request, prompt, cache, rest)
 
-    def remember(self, tokens: list[int], cache: list[Any]) -> None:
-        self.prompt_cache.insert_cache(self.model_id, tokens, cache)
+    def remember(self, partition: str, tokens: list[int], cache: list[Any]) -> None:
+        self.prompt_cache.insert(partition, tokens, cache)
 
 
 class Generation:
@@ -130,6 +211,7 @@ class Generation:
         params = request.params
         self.runner = runner
         self.req_id = request.req_id
+        self.partition = request.partition
         self.prompt = prompt
         self.cache = cache
         self.tokens = list(prompt)
@@ -168,7 +250,7 @@ class Generation:
         """End the generation and keep its KV cache for the next prompt that shares it."""
         self._responses.close()
         if self.completion_tokens:
-            self.runner.remember(self.tokens, self.cache)
+            self.runner.remember(self.partition, self.tokens, self.cache)
         return Finished(
             self.req_id,
             reason,  # type: ignore[arg-type]

@@ -86,9 +86,24 @@ def estimate(
         config = json.loads((model_dir / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise MemoryEstimateError(f"{model_dir.name}: unreadable config.json ({exc})") from exc
-    model_max = int(config.get("max_position_embeddings") or 4096)
-    context = min(context_length or model_max, model_max)
-    return MemoryNeed(weights_bytes(model_dir), kv_cache_bytes(config, context), overhead, context)
+    return need_of(
+        config, weights_bytes(model_dir), context_length=context_length, overhead=overhead
+    )
+
+
+def need_of(config: dict, weights: int, *, context_length: int | None, overhead: int) -> MemoryNeed:
+    """The need of a model from its ``config.json`` and its weights' size: the same
+    estimate for a model on disk and for a hub model before any weight is fetched."""
+    try:
+        text = config.get("text_config", config)
+        model_max = int(
+            text.get("max_position_embeddings") or config.get("max_position_embeddings") or 4096
+        )
+        context = min(context_length or model_max, model_max)
+        kv = kv_cache_bytes(config, context)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise MemoryEstimateError(f"config.json is not a model configuration ({exc})") from exc
+    return MemoryNeed(weights, kv, overhead, context)
 
 
 def physical_memory() -> int:

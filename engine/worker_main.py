@@ -10,6 +10,10 @@ writer of frames.  Between two decode steps the main thread drains the inbox,
 so a cancel stops its generation within one step, and active generations
 advance round-robin, one token each.
 
+A ``Generate`` runs on the tokens the gateway sent when it sent them (checked,
+never tokenized again), and reads and writes only the prompt cache of its own
+``partition``; ``Load.prompt_cache_size`` bounds each partition's cache.
+
 The protocol uses the process's original stdout; file descriptor 1 is then
 pointed at stderr so that a stray ``print`` in a library cannot corrupt the
 stream.
@@ -136,6 +140,7 @@ class Worker:
         beat = threading.Thread(target=heartbeat, name="load-progress", daemon=True)
         beat.start()
         try:
+            # prompt_cache_size bounds each partition's cache (see PartitionedPromptCache).
             runner = ModelRunner(
                 message.model_id, Path(message.model_dir), message.prompt_cache_size
             )

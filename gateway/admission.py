@@ -1,13 +1,15 @@
 """Admission: the policy decision for one request, and what it holds until it ends.
 
-``admit`` gathers plain inputs (the principal, the model's resources, a usage
+``decide`` gathers plain inputs (the principal, the model's resources, a usage
 snapshot, ``now``), asks ``policies.evaluate`` and either raises the denial as
-an HTTP error (nothing is charged, written or loaded) or counts the request
-and returns an ``Admission``.  The admission holds the key's concurrency slot
-until ``release`` (idempotent; every exit path calls it) and records the real
-token counts with ``record`` (committed to the usage store before the
-response's last byte) or ``record_soon`` (a disconnected client: charged what
-was generated, committed in the background).
+an HTTP error (nothing is charged, written or loaded) or, in the same
+synchronous step, counts the request, takes the key's concurrency slot and
+reserves its tokens (prompt + completion ceiling × n).  The ``Admission`` it
+returns holds all of that until ``release`` (idempotent; every exit path
+calls it): ``record`` settles the reservation to the real counts and commits
+the usage row before the response's last byte, ``record_soon`` does the same
+where awaiting is impossible (a disconnected client), and a release without a
+record settles the reservation to nothing.
 """
 
 from __future__ import annotations
@@ -20,52 +22,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.registry import ModelState
-from engine.store import ModelSpec
 from gateway.context import AppContext
-from gateway.errors import GatewayError, InsufficientStorage, PermissionDenied, RateLimited
+from gateway.counters import TokenHold
+from gateway.http_errors import from_denial
 from gateway.observe import record_response
 from policies.decision import Deny
 from policies.evaluate import PolicyRequest, evaluate
 from policies.headers import ratelimit_headers
 from policies.principal import Principal
+from policies.reservations import affordable_max_tokens
 from policies.resources import ModelResources
 
 log = logging.getLogger("gateway.admission")
 _background: set[asyncio.Task[Any]] = set()
 
 
-def from_denial(deny: Deny, headers: dict[str, str] | None = None) -> GatewayError:
-    """The HTTP error of a policy denial (never mentions other keys)."""
-    error: GatewayError
-    if deny.status == 429:
-        error = RateLimited(deny.message, code=deny.code, retry_after=deny.retry_after)
-    elif deny.status == 507:
-        error = InsufficientStorage(deny.message, code=deny.code, param="model")
-    else:  # 403: the message of a period quota already says when it resets
-        error = PermissionDenied(deny.message, code=deny.code, param=deny.details.get("scope"))
-        if deny.code == "model_not_allowed":
-            error.param = "model"
-    error.extra_headers = headers or None
-    return error
-
-
-def resources_of(ctx: AppContext, spec: ModelSpec) -> ModelResources:
-    status = ctx.registry.status(spec.id)
-    # A model whose worker crashed counts as loaded: bringing it back is recovery,
-    # not a caller's decision to load (no `load` scope or load quota needed).
-    loaded = status.state in (ModelState.READY, ModelState.LOADING) or status.crashed
-    try:
-        need = ctx.registry.need(spec.id).total
-    except Exception:  # unreadable weights: the load itself will report it
-        need = None
-    return ModelResources(
-        model_id=spec.id,
-        loaded=loaded,
-        on_disk=spec.on_disk,
-        need_bytes=need,
-        budget_bytes=ctx.registry.memory_budget,
-        pinned_bytes=ctx.registry.pinned_bytes(exclude=spec.id),
-    )
+def is_loaded(ctx: AppContext, model_id: str) -> bool:
+    """Loaded or loading, or crashed while serving (bringing it back is recovery,
+    not a caller's decision to load: no `load` scope or load quota needed)."""
+    if model_id not in ctx.store.specs:
+        return False
+    status = ctx.registry.status(model_id)
+    return status.state in (ModelState.READY, ModelState.LOADING) or status.crashed
 
 
 @dataclass
@@ -74,6 +52,8 @@ class Admission:
     principal: Principal
     model_id: str
     route: str
+    hold: TokenHold | None = None
+    max_tokens: int = 0  # the completion ceiling the reservation affords
     started: float = field(default_factory=time.monotonic)
     released: bool = False
     recorded: bool = False
@@ -85,9 +65,12 @@ class Admission:
             self.first_token = time.monotonic()
 
     def release(self) -> None:
+        """Give back the concurrency slot, and whatever of the reservation is unused."""
         if not self.released:
             self.released = True
             self.ctx.counters.finish(self.principal.key_id)
+            if self.hold is not None and not self.recorded:
+                self.hold.settle(0)
 
     def _charge(self, prompt_tokens: int, completion_tokens: int) -> None:
         self.recorded = True
@@ -103,9 +86,8 @@ class Admission:
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
         )
-        self.ctx.counters.charge_tokens(
-            self.principal.key_id, prompt_tokens + completion_tokens, time.time()
-        )
+        if self.hold is not None:
+            self.hold.settle(prompt_tokens + completion_tokens)
 
     def _row(self, prompt_tokens: int, completion_tokens: int, status: int) -> dict[str, Any]:
         return dict(
@@ -120,7 +102,7 @@ class Admission:
         )
 
     async def record(self, prompt_tokens: int, completion_tokens: int, status: int = 200) -> None:
-        """Charge the real counts and commit the usage row (awaited: committed on return)."""
+        """Settle to the real counts and commit the usage row (committed on return)."""
         if self.recorded:
             return
         self._charge(prompt_tokens, completion_tokens)
@@ -137,30 +119,41 @@ class Admission:
             background(self.ctx.keys.arecord_usage(**row))
 
 
-def admit(
+def decide(
     ctx: AppContext,
     principal: Principal,
-    spec: ModelSpec,
+    resources: ModelResources,
     *,
-    requested_tokens: int,
+    prompt_tokens: int,
+    max_tokens: int,
+    n: int,
     route: str,
-) -> Admission:
-    """Decide, in one synchronous step (no await between the snapshot and the count)."""
+    dry_run: bool = False,
+) -> Admission | None:
+    """Decide, in one synchronous step (no await between the snapshot and the count).
+
+    The reservation is the prompt plus the completion ceiling × ``n``, the ceiling
+    lowered to what the key's token limits afford.  ``dry_run`` only raises the
+    denial, counting nothing (a pre-check before any I/O).
+    """
     now = time.time()
     counters = ctx.counters
     usage = counters.snapshot(principal.key_id, now)
-    resources = resources_of(ctx, spec)
-    request = PolicyRequest(spec.id, requested_tokens, ctx.registry.typical_request_seconds())
+    ceiling = affordable_max_tokens(principal.limits, usage, prompt_tokens, max_tokens, n)
+    requested = prompt_tokens + ceiling * n
+    typical = ctx.registry.typical_request_seconds()
+    request = PolicyRequest(resources.model_id, requested, typical)
     decision = evaluate(principal, request, usage, resources, now)
-    headers = ratelimit_headers(principal.limits, usage, now, requested_tokens)
+    headers = ratelimit_headers(principal.limits, usage, now, requested)
     if isinstance(decision, Deny):
         raise from_denial(decision, headers)
-    status = ctx.registry.status(spec.id)
-    will_load = status.state not in (ModelState.READY, ModelState.LOADING) and not status.crashed
-    counters.admit(principal.key_id, now, load=will_load)
+    if dry_run:
+        return None
+    will_load = not resources.loaded
+    hold = counters.admit(principal.key_id, now, load=will_load, tokens=requested)
     if will_load and ctx.keys is not None:
-        background(ctx.keys.arecord_load(principal.key_id, spec.id, now))
-    return Admission(ctx, principal, spec.id, route)
+        background(ctx.keys.arecord_load(principal.key_id, resources.model_id, now))
+    return Admission(ctx, principal, resources.model_id, route, hold, ceiling)
 
 
 def background(work: Coroutine[Any, Any, Any]) -> None:

@@ -28,6 +28,7 @@ from gateway.responses import handle_exception
 from gateway.routes import admin, anthropic, health, keys, models, openai
 from gateway.routes import metrics as metrics_route
 from gateway.settings import Settings, memory_budget_bytes, queue_per_key
+from gateway.tokens import Tokenizers
 from policies.principal import Principal
 
 log = logging.getLogger("gateway")
@@ -103,6 +104,7 @@ def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
         counters,
         key_store,
         downloader,
+        Tokenizers(settings.engine.tokenizer_threads, settings.engine.tokenizer_queue),
     )
 
     @contextlib.asynccontextmanager
@@ -115,10 +117,16 @@ def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
             registry.request_load(default.id)
         elif default is None:
             log.warning("default model %s is not in the catalogue", settings.models.default)
+        from gateway.disk_gauge import start_disk_gauges  # refreshed off the event loop
+
+        disk_gauges = start_disk_gauges(downloader)
         try:
             yield
         finally:
+            disk_gauges.cancel()
             await asyncio.shield(registry.close())
+            if ctx.tokenizers is not None:
+                ctx.tokenizers.close()
             key_store.close()
 
     app = Litestar(

@@ -7,12 +7,17 @@ configured, a JWT verified with exactly one configured algorithm and key
 ``exp`` required and ``nbf``, ``iss`` and ``aud`` checked.  JWT claims map to
 the same principal fields as a key:
 
-    sub                 -> key id ``jwt:<sub>`` (required)
-    name                -> name (default: sub)
+    sub                 -> key id ``jwt:<sub>`` (required, a string of 1-124 characters)
+    name                -> name (a string; default: sub)
     scope / scopes      -> scopes ("infer load" or ["infer", "load"])
-    models              -> allowlist globs (none given: no model is allowed)
+    models              -> allowlist globs, a list of strings (none given: no model)
     limits              -> {"rpm", "tpm", "max_concurrent", "tokens_per_day",
-                            "loads_per_hour", "download_bytes_per_day"}
+                            "loads_per_hour", "download_bytes_per_day"}: each a
+                           non-negative JSON integer
+
+A claim of the wrong type (``null`` included), an unknown limit name or a limit
+that is not a non-negative integer refuses the token (401 "Invalid token
+claims."): nothing is ignored, so nothing fails open.
 
 Failures never say which part was wrong beyond what the caller needs, and
 never echo the credential.
@@ -32,6 +37,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
 from gateway.errors import AuthenticationFailed, PermissionDenied
+from gateway.keys import MAX_LIMIT
 from gateway.settings import AuthSettings, SettingsError
 from policies.principal import SCOPES, Limits, Principal
 
@@ -44,6 +50,10 @@ LIMIT_CLAIMS = {
     "loads_per_hour": "loads_per_hour",
     "download_bytes_per_day": "download_bytes_per_day",
 }
+
+# ``jwt:<sub>`` is the key id usage is recorded under (128 characters at most); a longer
+# subject is refused rather than cut, so that two subjects never share an id.
+MAX_SUB_LENGTH = 124
 
 KeyLookup = Callable[[str, float], Principal | None]
 
@@ -110,25 +120,58 @@ class Authenticator:
 
 
 def principal_from_claims(claims: dict[str, Any]) -> Principal:
-    scopes_claim = claims.get("scopes", claims.get("scope", ""))
-    scopes = scopes_claim.split() if isinstance(scopes_claim, str) else list(scopes_claim)
-    models = claims.get("models") or []
-    limits = claims.get("limits") or {}
-    if not isinstance(models, list) or not isinstance(limits, dict):
-        raise AuthenticationFailed("Invalid token claims.")
-    values = {
-        field: int(limits[claim])
-        for claim, field in LIMIT_CLAIMS.items()
-        if isinstance(limits.get(claim), int)
-    }
-    sub = str(claims["sub"])
+    """The principal a verified token's claims describe; ``AuthenticationFailed`` (401)
+    when a claim has the wrong type.
+
+    A claim is either of its type or the token is refused: a limit of ``1.0``,
+    ``"1"``, ``true``, ``-1`` or ``null``, or an unknown limit name, never
+    silently becomes "unlimited" (that would fail open).
+    """
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not 0 < len(sub) <= MAX_SUB_LENGTH:
+        raise _bad_claims()
+    name = claims.get("name", sub)
+    if not isinstance(name, str):
+        raise _bad_claims()
+    given = {claim: _scope_claim(claims[claim]) for claim in ("scopes", "scope") if claim in claims}
+    scopes = given.get("scopes", given.get("scope", []))
+    models = claims.get("models", [])
+    if not _is_string_list(models):
+        raise _bad_claims()
     return Principal(
-        key_id=f"jwt:{sub}"[:128],
-        name=str(claims.get("name", sub))[:128],
+        key_id=f"jwt:{sub}",
+        name=name[:128],
         scopes=frozenset(s for s in scopes if s in SCOPES),
-        models=tuple(str(m) for m in models),
-        limits=Limits(**values),
+        models=tuple(models),
+        limits=_limits_claim(claims.get("limits", {})),
     )
+
+
+def _bad_claims() -> AuthenticationFailed:
+    return AuthenticationFailed("Invalid token claims.")
+
+
+def _is_string_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _scope_claim(value: object) -> list[str]:
+    """``"infer load"`` or ``["infer", "load"]``."""
+    if isinstance(value, str):
+        return value.split()
+    if _is_string_list(value):
+        return list(value)  # type: ignore[call-overload]
+    raise _bad_claims()
+
+
+def _limits_claim(value: object) -> Limits:
+    """Known limit names with non-negative JSON integers (below ``MAX_LIMIT``)."""
+    if not isinstance(value, dict) or set(value) - set(LIMIT_CLAIMS):
+        raise _bad_claims()
+    for number in value.values():
+        if type(number) is not int or not 0 <= number <= MAX_LIMIT:
+            raise _bad_claims()
+    return Limits(**{LIMIT_CLAIMS[claim]: number for claim, number in value.items()})
 
 
 class AuthMiddleware(AbstractAuthenticationMiddleware):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,11 +28,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from engine.bundled import BUNDLED_ID, ensure_bundled_model
     from gateway.app import create_app
     from gateway.observe import configure_event_log
+    from gateway.server import serve
 
     settings = _settings(args)
     logging.basicConfig(
@@ -41,15 +41,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ensure_bundled_model(settings.models_path, settings.data_path / "cache")
     announce_auth(settings)
     configure_event_log()
-    app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        log_level=settings.server.log_level,
-        timeout_graceful_shutdown=int(settings.engine.stop_timeout) + 1,
-    )
-    return 0
+    return serve(create_app(settings), settings)
 
 
 def announce_auth(settings: Settings) -> None:
@@ -184,6 +176,24 @@ def cmd_models_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+# Settings whose value is a credential: check-config shows whether they are set, never
+# what they are.  A field named like a secret is redacted too, should one be added.
+SECRET_SETTINGS = frozenset({"auth.jwt_secret", "server.metrics_token"})
+SECRET_NAME = re.compile(r"(secret|password|passwd|token|api_key|private_key|credentials?)$")
+URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@]*):[^@/]*@", re.I)
+REDACTED = "<redacted>"
+
+
+def redact(dotted: str, value: Any) -> Any:
+    """``value`` fit to print: secrets replaced, passwords cut out of URLs."""
+    field = dotted.rpartition(".")[2]
+    if dotted in SECRET_SETTINGS or SECRET_NAME.search(field):
+        return REDACTED if value else value
+    if isinstance(value, str):
+        return URL_PASSWORD.sub(rf"\g<scheme>\g<user>:{REDACTED}@", value)
+    return value
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _settings(args)
     docs = field_docs()
@@ -193,7 +203,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for dotted in docs:
         section, _, field = dotted.rpartition(".")
         value = tree[section][field] if section else tree[field]
-        print(f"{dotted} = {value!r}")
+        print(f"{dotted} = {redact(dotted, value)!r}")
     print("configuration is valid")
     return 0
 

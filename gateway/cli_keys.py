@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.keys import parse_quota
+from gateway.keys import MAX_EXPIRY_DAYS, MAX_LIMIT, check_expiry_days, parse_quota
 from gateway.keystore import LIMIT_COLUMNS, KeyRecord, KeyStore
 from gateway.settings import load_settings
 from gateway.sqlite_writer import SchemaError
@@ -58,8 +58,10 @@ def _limit(text: str) -> int | None:
         value = int(text)
     except ValueError:
         value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a count (a whole number or 'none')")
+    if not 0 <= value <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a count (a whole number from 0 to {MAX_LIMIT}, or 'none')"
+        )
     return value
 
 
@@ -76,12 +78,11 @@ def _days(text: str) -> float | None:
     if text.strip().lower() in UNLIMITED:
         return None
     try:
-        value = float(text)
+        return check_expiry_days(float(text))
     except ValueError:
-        value = -1
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of days or 'none'")
-    return value
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of days above 0 and at most {MAX_EXPIRY_DAYS}, or 'none'"
+        ) from None
 
 
 def _key_flags(parser: argparse.ArgumentParser, *, update: bool) -> None:
@@ -126,7 +127,12 @@ def _expires_at(args: argparse.Namespace, now: float) -> float | None:
 
 # -- output ------------------------------------------------------------------------------
 def _when(ts: float | None) -> str:
-    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%MZ")
+    if ts is None:
+        return "-"
+    try:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%MZ")
+    except (OverflowError, ValueError, OSError):  # a date no calendar holds (an old inf)
+        return "never" if ts > 0 else "-"
 
 
 def _size(n: int) -> str:

@@ -1,4 +1,5 @@
-"""What the HTTP handlers share: settings, the model store and the registry."""
+"""What the HTTP handlers share: settings, the model store, the registry, the
+counters, the key store, the downloader and the gateway's tokenizer pool."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from gateway.counters import UsageCounters
 from gateway.errors import InvalidRequest, ModelNotFound
 from gateway.keystore import KeyStore
 from gateway.settings import Settings
+from gateway.tokens import Tokenizers
 
 # Catalogue ids, aliases and hub repos ("org/name"): letters, digits and ._-:/@ only.
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,255}$")
@@ -28,6 +30,7 @@ class AppContext:
     counters: UsageCounters
     keys: KeyStore | None
     downloader: Downloader | None = None
+    tokenizers: Tokenizers | None = None
 
     def cache_partition(self, key_id: str) -> str:
         """The prompt-cache partition of a key: its own, or its operator-named group's."""

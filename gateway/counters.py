@@ -6,6 +6,12 @@ window).  Period totals (tokens today, download bytes today) come from the
 usage store when a key is first seen and are then kept up to date here, so a
 restart never forgets a day's quota.  Behind this narrow interface a shared
 store (Redis) can replace the dictionaries for a fleet of gateways.
+
+Tokens are *reserved* when a request is admitted (``reserve_tokens``: the
+prompt plus every completion token it may generate) and the reservation is
+*settled* to the real count when the request ends (``TokenHold.settle``), so
+concurrent requests cannot together overshoot a per-minute or per-day limit:
+each one's admission already sees the others' reservations.
 """
 
 from __future__ import annotations
@@ -23,10 +29,28 @@ def day_start(now: float) -> float:
     return (now // DAY) * DAY
 
 
+@dataclass(eq=False)
+class TokenHold:
+    """Tokens held for one request: reserved at admission, settled once at its end."""
+
+    counters: UsageCounters
+    key_id: str
+    at: float
+    amount: int
+    settled: bool = False
+
+    def settle(self, real: int) -> None:
+        """Replace the reservation by the ``real`` count (idempotent: first call wins)."""
+        if self.settled:
+            return
+        self.settled = True
+        self.counters._settle(self, max(0, real))
+
+
 @dataclass
 class _KeyCounters:
     requests: deque[float] = field(default_factory=deque)
-    tokens: deque[tuple[float, int]] = field(default_factory=deque)
+    tokens: deque[TokenHold] = field(default_factory=deque)
     loads: deque[float] = field(default_factory=deque)
     concurrent: int = 0
     day: float = 0.0
@@ -52,46 +76,64 @@ class UsageCounters:
             if counters is not None:  # a new day: keep the short windows
                 fresh.requests, fresh.tokens = counters.requests, counters.tokens
                 fresh.concurrent = counters.concurrent
+                # Reservations still open count against the new day too.
+                fresh.tokens_today += sum(h.amount for h in counters.tokens if not h.settled)
             fresh.loads = deque(t for t in loads if t > now - 3600)
             counters = self._keys[key_id] = fresh
         while counters.requests and counters.requests[0] <= now - 60:
             counters.requests.popleft()
-        while counters.tokens and counters.tokens[0][0] <= now - 60:
+        while counters.tokens and counters.tokens[0].at <= now - 60 and counters.tokens[0].settled:
             counters.tokens.popleft()
         while counters.loads and counters.loads[0] <= now - 3600:
             counters.loads.popleft()
         return counters
 
     def snapshot(self, key_id: str, now: float) -> UsageSnapshot:
+        """This key's usage at ``now``; open reservations count as used."""
         c = self._get(key_id, now)
         return UsageSnapshot(
             recent_requests=tuple(c.requests),
-            recent_tokens=tuple(c.tokens),
+            # An open reservation stays in the window until it is settled.
+            recent_tokens=tuple(
+                (h.at if h.settled else max(h.at, now), h.amount) for h in c.tokens
+            ),
             concurrent=c.concurrent,
             tokens_today=c.tokens_today,
             recent_loads=tuple(c.loads),
             download_bytes_today=c.download_bytes_today,
         )
 
-    def admit(self, key_id: str, now: float, *, load: bool) -> None:
-        """Count a request that policy allowed: it starts now and holds a slot."""
+    def admit(self, key_id: str, now: float, *, load: bool, tokens: int = 0) -> TokenHold:
+        """Count a request that policy allowed: it starts now, holds a slot and reserves
+        ``tokens`` until its hold is settled."""
         c = self._get(key_id, now)
         c.requests.append(now)
         c.concurrent += 1
         if load:
             c.loads.append(now)
+        return self.reserve_tokens(key_id, tokens, now)
+
+    def reserve_tokens(self, key_id: str, tokens: int, now: float) -> TokenHold:
+        c = self._get(key_id, now)
+        hold = TokenHold(self, key_id, now, max(0, tokens))
+        c.tokens.append(hold)
+        c.tokens_today += hold.amount
+        return hold
+
+    def _settle(self, hold: TokenHold, real: int) -> None:
+        c = self._keys.get(hold.key_id)
+        if c is None:
+            return
+        # The real count is committed now, so it belongs to today even for a hold
+        # reserved yesterday (which the rollover carried into today's total).
+        c.tokens_today = max(0, c.tokens_today + real - hold.amount)
+        hold.amount = real
 
     def finish(self, key_id: str) -> None:
         """Release the request's concurrency slot (every exit path calls this once)."""
         c = self._keys.get(key_id)
         if c is not None and c.concurrent > 0:
             c.concurrent -= 1
-
-    def charge_tokens(self, key_id: str, tokens: int, now: float) -> None:
-        c = self._get(key_id, now)
-        if tokens > 0:
-            c.tokens.append((now, tokens))
-            c.tokens_today += tokens
 
     def charge_download(self, key_id: str, nbytes: int, now: float) -> None:
         self._get(key_id, now).download_bytes_today += nbytes

@@ -10,6 +10,7 @@
     ├── MethodNotAllowed              405 invalid_request_error / method_not_allowed
     ├── ModelNotFound                 404 invalid_request_error / model_not_found
     ├── InsufficientStorage           507 server_error / insufficient_memory (numbers kept)
+    ├── RequestTimeout                504 server_error / request_timeout (engine.request_timeout)
     └── ServiceUnavailable            503 server_error (with Retry-After)
         ├── ModelLoading              503 model_loading
         ├── ServerBusy                503 server_busy (queue full)
@@ -105,6 +106,12 @@ class InsufficientStorage(GatewayError):
     status = 507
     type = "server_error"
     code = "insufficient_memory"
+
+
+class RequestTimeout(GatewayError):
+    status = 504
+    type = "server_error"
+    code = "request_timeout"
 
 
 class ServiceUnavailable(GatewayError):

@@ -22,8 +22,9 @@ from engine.registry import ModelState
 from gateway.admission import Admission
 from gateway.context import AppContext
 from gateway.errors import GatewayError
-from gateway.inference import ChoiceEnd, InferenceCall, InferenceSession, TextOut, open_session
-from gateway.responses import from_engine
+from gateway.http_errors import from_engine
+from gateway.inference import ChoiceEnd, InferenceSession, TextOut, open_session
+from gateway.pipeline import Admitted
 
 KEEPALIVE_SECONDS = 5.0
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -64,24 +65,28 @@ def counts_of(session: InferenceSession) -> Counts:
     return Counts(session.prompt_tokens, session.completion_tokens, session.cached_tokens)
 
 
-async def start(ctx: AppContext, call: InferenceCall, caller: str) -> InferenceSession:
+async def start(ctx: AppContext, admitted: Admitted) -> InferenceSession:
     try:
-        return await open_session(ctx.registry, call, caller=caller)
+        return await open_session(
+            ctx.registry,
+            admitted.call,
+            caller=admitted.admission.principal.key_id,
+            deadline=admitted.deadline,
+        )
     except EngineError as exc:
         raise from_engine(exc) from exc
 
 
-async def complete(
-    ctx: AppContext, call: InferenceCall, caller: str, admission: Admission
-) -> Completed:
+async def complete(ctx: AppContext, admitted: Admitted) -> Completed:
     """Run the call to its end; usage is committed before this returns."""
     session: InferenceSession | None = None
+    call, admission = admitted.call, admitted.admission
     try:
-        session = await start(ctx, call, caller)
+        session = await start(ctx, admitted)
         texts = [""] * call.n
         reasons = ["stop"] * call.n
         stops: list[str | None] = [None] * call.n
-        async for item in session.events():
+        async for item in session.events(admitted.deadline):
             if isinstance(item, TextOut):
                 admission.mark_first_token()
                 texts[item.index] += item.text
@@ -107,13 +112,13 @@ async def complete(
 
 
 async def _frames(
-    session: InferenceSession, admission: Admission, renderer: Renderer
+    session: InferenceSession, admission: Admission, renderer: Renderer, deadline: float
 ) -> AsyncIterator[bytes]:
     finished = False
     try:
         for frame in renderer.opening(counts_of(session)):
             yield frame
-        async for item in session.events():
+        async for item in session.events(deadline):
             if isinstance(item, TextOut):
                 if item.text:
                     admission.mark_first_token()
@@ -138,7 +143,10 @@ async def _frames(
 
 
 async def _wait_then_frames(
-    opening: Callable[[], Awaitable[InferenceSession]], admission: Admission, renderer: Renderer
+    opening: Callable[[], Awaitable[InferenceSession]],
+    admission: Admission,
+    renderer: Renderer,
+    deadline: float,
 ) -> AsyncIterator[bytes]:
     """Start the stream at once and send keep-alives while the model loads."""
     task = asyncio.ensure_future(opening())
@@ -158,31 +166,31 @@ async def _wait_then_frames(
         if not task.done():
             task.cancel()
             admission.release()
-    async for frame in _frames(session, admission, renderer):
+    async for frame in _frames(session, admission, renderer, deadline):
         yield frame
 
 
-async def stream(
-    ctx: AppContext, call: InferenceCall, caller: str, admission: Admission, renderer: Renderer
-) -> Stream:
+async def stream(ctx: AppContext, admitted: Admitted, renderer: Renderer) -> Stream:
     """A streaming response.  Errors before the first byte are HTTP errors; a model
     that is not ready is waited for up to ``stream_load_wait`` behind keep-alives."""
     registry = ctx.registry
+    call, admission, deadline = admitted.call, admitted.admission, admitted.deadline
     try:
         if registry.status(call.model_id).state is ModelState.READY:
-            session = await start(ctx, call, caller)
-            body = _frames(session, admission, renderer)
+            session = await start(ctx, admitted)
+            body = _frames(session, admission, renderer, deadline)
         else:
             try:
-                registry.precheck(call.model_id)
+                registry.precheck(call.model_id, admission.principal.key_id, may_load=call.may_load)
             except EngineError as exc:
                 raise from_engine(exc) from exc
             wait = ctx.settings.engine.stream_load_wait
+            caller = admission.principal.key_id
 
             def opening() -> Awaitable[InferenceSession]:
-                return open_session(registry, call, caller=caller, wait=wait)
+                return open_session(registry, call, caller=caller, wait=wait, deadline=deadline)
 
-            body = _wait_then_frames(opening, admission, renderer)
+            body = _wait_then_frames(opening, admission, renderer, deadline)
     except BaseException:
         admission.release()
         raise

@@ -1,18 +1,25 @@
-"""Getting a hub model onto disk for a request or an admin, only when policy allows.
+"""Hub models: metadata first, every check, then a download that holds its bytes.
 
-The order is SPEC.md section 2, step 7: downloads enabled and the repo in the
-operator's allowlist, the key's ``download`` scope (checked before the hub is
-even asked for metadata), then the size read from the hub's metadata against
-``max_model_size``, the key's daily download quota and the disk budget.  Only
-then does a job start (or an identical running one is joined).  A request
-waits up to ``load_wait`` for the download, then gets 503 ``model_loading``
-with the job's progress and an estimated ``Retry-After`` while it continues.
+The order is SPEC.md section 2, steps 4 to 7.  ``check_gate`` needs no I/O:
+the key's allowlist and scopes (a download is always followed by a load, so
+``infer``, ``load`` and ``download``), downloads enabled, the repo in the
+operator's allowlist.  Only then is the hub asked for metadata
+(``fetch_hub_plan``: the file list and sizes; ``fetch_hub_need``: the model's
+``config.json``, read into memory, bounded, never into the cache), so that
+the memory need and every limit are decided before the first weight byte.
+``begin_download`` checks ``max_model_size``, the key's daily quota and the
+disk budget against what running downloads already hold, and starts (or
+joins) the job in the same synchronous step: the job's declared bytes are
+reserved until it ends, and a hub that under-reports is stopped at the quota
+and the budget (``engine.ledger``).  A request waits up to ``load_wait`` for
+the download, then gets 503 ``model_loading`` with the job's progress.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fnmatch
+import json
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -29,23 +36,27 @@ from engine.downloads import (
     fetch_plan,
     free_space,
 )
-from engine.memory import format_bytes
+from engine.memory import MemoryEstimateError, MemoryNeed, format_bytes, need_of
 from engine.store import ModelSpec
-from gateway.admission import from_denial
 from gateway.catalogue import cache_dir
 from gateway.context import AppContext
 from gateway.errors import (
-    GatewayError,
     InsufficientStorage,
+    InvalidRequest,
     ModelLoading,
+    ModelNotFound,
     ModelUnavailable,
     PermissionDenied,
 )
+from gateway.http_errors import from_denial
 from gateway.settings import DownloadSettings, Settings, parse_size
 from policies.allowlist import model_allowed
 from policies.decision import Deny
 from policies.evaluate import evaluate_download
 from policies.principal import Principal
+from policies.usage import UsageSnapshot
+
+CONFIG_LIMIT = 1024 * 1024  # the most of a config.json that is read
 
 
 def make_downloader(
@@ -72,14 +83,25 @@ def snapshot_path(root: Path, plan: DownloadPlan) -> Path:
     return root / ("models--" + plan.repo.replace("/", "--")) / "snapshots" / plan.commit
 
 
-def check_download(
-    ctx: AppContext, principal: Principal, repo: str, size: int, *, now: float
-) -> None:
-    """Raise the first download denial (``size`` 0: before the hub is asked anything).
+def _key_usage(ctx: AppContext, principal: Principal, now: float) -> UsageSnapshot:
+    """The key's usage with its download bytes as the downloader holds them now."""
+    usage = ctx.counters.snapshot(principal.key_id, now)
+    assert ctx.downloader is not None
+    held = ctx.downloader.key_used(principal.key_id, usage.download_bytes_today)
+    return replace(usage, download_bytes_today=held)
 
-    A download is always followed by a load, so the key needs the model in its
-    allowlist and the ``infer`` and ``load`` scopes as well as ``download``.
-    """
+
+def check_download(
+    ctx: AppContext,
+    principal: Principal,
+    repo: str,
+    size: int,
+    *,
+    now: float,
+    room: int = 1,
+) -> None:
+    """Raise the first download denial (``size`` 0: before the hub is asked anything;
+    ``room``: what the disk can still take, from ``Downloader.room``)."""
     if not model_allowed(principal, repo):
         raise PermissionDenied(
             f"This key may not use the model {repo}.", code="model_not_allowed", param="model"
@@ -93,14 +115,17 @@ def check_download(
                 param=scope,
             )
     config = ctx.settings.downloads
-    usage = ctx.counters.snapshot(principal.key_id, now)
-    assert ctx.downloader is not None
+    if ctx.downloader is None:
+        raise PermissionDenied(
+            "Downloading models is disabled on this gateway.", code="download_not_allowed"
+        )
+    usage = _key_usage(ctx, principal, now)
     decision = evaluate_download(
         principal,
         repo_allowed(config, repo),
         config.enabled,
         size,
-        ctx.downloader.free_bytes() if size else 1,
+        room if size else 1,
         usage,
         now,
         repo_id=repo,
@@ -117,22 +142,97 @@ def check_download(
         )
 
 
+def check_gate(ctx: AppContext, principal: Principal, repo: str) -> None:
+    """Every download check that needs no I/O (before the hub is asked anything)."""
+    check_download(ctx, principal, repo, 0, now=time.time())
+
+
+async def fetch_hub_plan(ctx: AppContext, repo: str, revision: str) -> DownloadPlan:
+    """The repo's files and sizes from the hub's metadata (no file byte fetched)."""
+    try:
+        return await asyncio.to_thread(fetch_plan, repo, revision)
+    except DownloadError as exc:
+        if exc.missing:
+            raise ModelNotFound(
+                f"The model `{repo}` does not exist or you do not have access to it.",
+                param="model",
+            ) from exc
+        raise ModelUnavailable(str(exc), code="download_failed", retry_after=5) from exc
+
+
+def _read_config(plan: DownloadPlan) -> dict[str, object]:
+    from huggingface_hub import constants, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers, get_session
+
+    url = hf_hub_url(plan.repo, "config.json", revision=plan.commit, endpoint=constants.ENDPOINT)
+    body = b""
+    with get_session().stream(
+        "GET", url, headers=build_hf_headers(), follow_redirects=True, timeout=10
+    ) as response:
+        response.raise_for_status()
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > CONFIG_LIMIT:
+                raise MemoryEstimateError("config.json is larger than 1 MiB")
+    config = json.loads(body)
+    if not isinstance(config, dict):
+        raise MemoryEstimateError("config.json is not an object")
+    return config
+
+
+async def fetch_hub_need(ctx: AppContext, spec: ModelSpec, plan: DownloadPlan) -> MemoryNeed:
+    """The memory the model will need, from its config.json and the weights' sizes."""
+    try:
+        config = await asyncio.to_thread(_read_config, plan)
+        weights = sum(f.size for f in plan.files if f.path.endswith(".safetensors"))
+        return need_of(
+            config,
+            weights,
+            context_length=spec.context_length,
+            overhead=ctx.settings.engine.worker_overhead_bytes,
+        )
+    except MemoryEstimateError as exc:
+        raise InvalidRequest(f"{plan.repo} cannot be served: {exc}", param="model") from exc
+    except Exception as exc:  # the hub, the network
+        raise ModelUnavailable(
+            f"the hub did not answer for {plan.repo}: {type(exc).__name__}",
+            code="download_failed",
+            retry_after=5,
+        ) from exc
+
+
+def begin_download(
+    ctx: AppContext, principal: Principal, plan: DownloadPlan, used: int
+) -> DownloadJob:
+    """Check quota and disk against what running downloads hold, and start (or join)
+    the job, in one synchronous step.  ``used``: ``Downloader.measure()``, just before."""
+    downloader = ctx.downloader
+    assert downloader is not None
+    running = downloader.active_for(plan.repo)
+    if running is not None and running.plan.commit == plan.commit:
+        return running  # shared: its bytes are held by the key that started it
+    now = time.time()
+    check_download(ctx, principal, plan.repo, plan.total_bytes, now=now, room=downloader.room(used))
+    counted = ctx.counters.snapshot(principal.key_id, now).download_bytes_today
+    job, _ = downloader.start(
+        plan,
+        principal.key_id,
+        used=used,
+        key_counted=counted,
+        key_limit=principal.limits.download_bytes_per_day,
+    )
+    return job
+
+
 async def start_download(
     ctx: AppContext, principal: Principal, repo: str, revision: str = "main"
 ) -> DownloadJob:
     """Every check, then the job (a new one, or the running one for the same model)."""
-    check_download(ctx, principal, repo, 0, now=time.time())
-    try:
-        plan = await asyncio.to_thread(fetch_plan, repo, revision)
-    except DownloadError as exc:
-        raise ModelUnavailable(str(exc), code="download_failed") from exc
+    check_gate(ctx, principal, repo)
+    plan = await fetch_hub_plan(ctx, repo, revision)
     assert ctx.downloader is not None
-    running = ctx.downloader.active_for(repo)
-    if running is not None and running.plan.commit == plan.commit:
-        return running  # shared: charged to the key that started it
-    check_download(ctx, principal, repo, plan.total_bytes, now=time.time())
-    job, _ = ctx.downloader.start(plan, principal.key_id)
-    return job
+    used = await ctx.downloader.measure()
+    return begin_download(ctx, principal, plan, used)
 
 
 def progress(job: DownloadJob) -> str:
@@ -144,13 +244,8 @@ def progress(job: DownloadJob) -> str:
     )
 
 
-async def ensure_on_disk(ctx: AppContext, principal: Principal, spec: ModelSpec) -> ModelSpec:
-    """``spec`` with its files on disk, downloading them first if policy allows."""
-    if spec.on_disk or spec.repo is None:
-        return spec
-    if ctx.downloader is None:
-        raise ModelUnavailable(f"{spec.id} is not on disk and downloads are disabled.")
-    job = await start_download(ctx, principal, spec.repo, spec.revision or "main")
+async def await_download(ctx: AppContext, spec: ModelSpec, job: DownloadJob) -> ModelSpec:
+    """``spec`` with its files on disk once ``job`` is done (up to ``load_wait``)."""
     try:
         await asyncio.wait_for(asyncio.shield(job.done.wait()), ctx.settings.engine.load_wait)
     except TimeoutError:
@@ -172,4 +267,4 @@ def finished(ctx: AppContext, spec: ModelSpec, job: DownloadJob) -> ModelSpec:
     return ready
 
 
-__all__ = ["GatewayError", "ensure_on_disk", "start_download", "progress"]
+__all__ = ["begin_download", "check_gate", "start_download", "progress"]

@@ -11,13 +11,20 @@ within one decode step) and the lease is released when the last choice ends.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from engine.errors import EngineError
+from engine.errors import EngineError, GenerationFailed
 from engine.protocol import ChatMessage, Delta, Finished, SamplingParams, Started
 from engine.registry import Lease, Registry
+
+log = logging.getLogger("gateway.inference")
+
+
+class RequestTimedOut(EngineError):
+    """The request passed its deadline (``engine.request_timeout``) while waiting."""
 
 
 @dataclass(frozen=True)
@@ -100,16 +107,22 @@ class InferenceSession:
                     )
         except EngineError as exc:
             self._queue.put_nowait(_Failure(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # any bug on the way to or from the worker ends the request
+            log.exception("request on %s failed", call.model_id)
+            failure = GenerationFailed("internal", f"{type(exc).__name__} on the way to the model")
+            self._queue.put_nowait(_Failure(failure))
 
     def _choice_done(self, task: asyncio.Task[None]) -> None:
         self._open -= 1
         if self._open == 0:
             self._registry.release(self._lease)
 
-    async def _wait_started(self) -> None:
+    async def _wait_started(self, deadline: float | None) -> None:
         started = 0
         while started < self._call.n:
-            event = await self._queue.get()
+            event = await self._next(deadline)
             if isinstance(event, _Failure):
                 raise event.error
             if isinstance(event, Started):
@@ -119,11 +132,23 @@ class InferenceSession:
             else:
                 self._backlog.append(event)
 
-    async def events(self) -> AsyncIterator[TextOut | ChoiceEnd]:
-        """Text and choice ends until every choice has ended; engine errors are raised."""
+    async def _next(self, deadline: float | None) -> object:
+        if self._backlog:
+            return self._backlog.popleft()
+        if deadline is None:
+            return await self._queue.get()
+        timeout = deadline - asyncio.get_running_loop().time()
+        try:
+            return await asyncio.wait_for(self._queue.get(), max(0.0, timeout))
+        except TimeoutError:
+            raise RequestTimedOut("the request took longer than the gateway allows") from None
+
+    async def events(self, deadline: float | None = None) -> AsyncIterator[TextOut | ChoiceEnd]:
+        """Text and choice ends until every choice has ended; engine errors are raised,
+        and ``RequestTimedOut`` once the loop time passes ``deadline``."""
         remaining = self._call.n
         while remaining:
-            event = self._backlog.popleft() if self._backlog else await self._queue.get()
+            event = await self._next(deadline)
             if isinstance(event, _Failure):
                 raise event.error
             if isinstance(event, ChoiceEnd):
@@ -142,7 +167,12 @@ class InferenceSession:
 
 
 async def open_session(
-    registry: Registry, call: InferenceCall, *, caller: str = "-", wait: float | None = None
+    registry: Registry,
+    call: InferenceCall,
+    *,
+    caller: str = "-",
+    wait: float | None = None,
+    deadline: float | None = None,
 ) -> InferenceSession:
     """Lease the model and start the call; raises ``EngineError`` before any output.
 
@@ -156,7 +186,7 @@ async def open_session(
         registry.release(lease)
         raise
     try:
-        await session._wait_started()
+        await session._wait_started(deadline)
     except BaseException:
         session.close()
         raise

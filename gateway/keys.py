@@ -3,12 +3,16 @@
 ``id`` is 8 lowercase hex characters and names the key in lists and logs;
 ``secret`` is 43 URL-safe characters (256 random bits) and is shown once, at
 creation.  Only the SHA-256 of the secret is stored.
+
+The bounds on what a key may be given (``MAX_LIMIT``, ``MAX_EXPIRY_DAYS``) live
+here too, so that the admin API, the CLI, JWT claims and the store agree.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 import secrets
 
@@ -17,6 +21,12 @@ from gateway.settings import SettingsError, parse_size
 PREFIX = "gw"
 _ID = re.compile(r"[0-9a-f]{8}")
 _SECRET = re.compile(r"[A-Za-z0-9_-]{43}")
+
+# Largest value of any numeric limit: exact as a float (JSON) and far inside SQLite's
+# 64-bit INTEGER, yet beyond any real need (8 PiB per day, 9e15 tokens).
+MAX_LIMIT = 2**53 - 1
+# Longest lifetime a key may be given; longer is a typo (or an attack on the dates).
+MAX_EXPIRY_DAYS = 3650
 
 
 def new_key() -> tuple[str, str, str]:
@@ -65,4 +75,19 @@ def parse_quota(text: str, field: str = "download quota") -> int:
     amount, sep, period = text.partition("/")
     if not sep or period.strip().lower() != "day":
         raise SettingsError(f"{field}: {text!r} is not a quota such as 20GB/day")
-    return parse_size(amount, field)
+    try:
+        size = parse_size(amount, field)
+    except (OverflowError, ValueError):  # "infGB", "nanGB", "1e400GB"
+        size = -1
+    if not 0 <= size <= MAX_LIMIT:
+        raise SettingsError(
+            f"{field}: {text!r} is not a quota such as 20GB/day (at most {MAX_LIMIT} bytes)"
+        )
+    return size
+
+
+def check_expiry_days(days: float, field: str = "expires_in_days") -> float:
+    """``days`` if it is a finite number in (0, ``MAX_EXPIRY_DAYS``]; else ``ValueError``."""
+    if not (math.isfinite(days) and 0 < days <= MAX_EXPIRY_DAYS):
+        raise ValueError(f"{field}: {days!r} must be a number of days in (0, {MAX_EXPIRY_DAYS}]")
+    return days

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pathlib import Path
 from types import EllipsisType
 from typing import Any, TypeVar
 
-from gateway.keys import hash_secret, new_key, parse_key, verify
+from gateway.keys import MAX_LIMIT, hash_secret, new_key, parse_key, verify
 from gateway.sqlite_writer import ReadPool, SQLiteWriter
 from policies.principal import SCOPES, Limits, Principal
 
@@ -140,9 +141,15 @@ def _check_models(models: Iterable[str]) -> str:
 def _check_limits(limits: Limits) -> list[int | None]:
     values = [getattr(limits, field) for field in LIMIT_COLUMNS]
     for field, value in zip(LIMIT_COLUMNS, values, strict=True):
-        if value is not None and (type(value) is not int or value < 0):
-            raise ValueError(f"{field}: {value!r} must be a non-negative integer or None")
+        if value is not None and (type(value) is not int or not 0 <= value <= MAX_LIMIT):
+            raise ValueError(f"{field}: {value!r} must be an integer in [0, {MAX_LIMIT}] or None")
     return values
+
+
+def _check_expiry(expires_at: float | None) -> float | None:
+    if expires_at is not None and not math.isfinite(expires_at):
+        raise ValueError(f"expires_at: {expires_at!r} must be a finite time or None")
+    return expires_at
 
 
 def _fetch(conn: sqlite3.Connection, key_id: str) -> KeyRecord:
@@ -218,6 +225,7 @@ class KeyStore:
         if not name.strip():
             raise ValueError("name: must not be empty")
         row = [name, _check_scopes(scopes), _check_models(models), *_check_limits(limits)]
+        expires_at = _check_expiry(expires_at)
         columns = ", ".join(["name", "scopes", "models", *LIMIT_COLUMNS.values()])
 
         def insert(conn: sqlite3.Connection) -> tuple[KeyRecord, str] | None:
@@ -294,7 +302,7 @@ class KeyStore:
         if models is not None:
             changes["models"] = _check_models(models)
         if expires_at is not ...:
-            changes["expires_at"] = expires_at
+            changes["expires_at"] = _check_expiry(expires_at)
         if limits:
             unknown = set(limits) - set(LIMIT_COLUMNS)
             if unknown:

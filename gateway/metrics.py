@@ -137,7 +137,29 @@ disk_budget_bytes = Gauge(
     "gateway_disk_budget_bytes", "The disk budget for downloaded models.", registry=REGISTRY
 )
 disk_used_bytes = Gauge(
-    "gateway_disk_used_bytes", "Bytes the download cache uses.", registry=REGISTRY
+    "gateway_disk_used_bytes",
+    "Bytes the download cache uses (measured in the background every few seconds).",
+    registry=REGISTRY,
+)
+disk_scan_duration_seconds = Histogram(
+    "gateway_disk_scan_duration_seconds",
+    "Time one walk of the download cache took (the background refresh of the disk gauges).",
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120),
+    registry=REGISTRY,
+)
+connections_open = Gauge(
+    "gateway_connections_open", "Client connections open now.", registry=REGISTRY
+)
+connections_max = Gauge(
+    "gateway_connections_max",
+    "Client connections served at once; more are answered 503 (server.max_connections).",
+    registry=REGISTRY,
+)
+connections_closed_total = Counter(
+    "gateway_connections_closed_total",
+    "Connections the server closed, by reason (header_timeout, body_timeout, over_capacity).",
+    ["reason"],
+    registry=REGISTRY,
 )
 download_bytes_total = Counter(
     "gateway_download_bytes_total",

@@ -16,6 +16,7 @@ from typing import Any
 
 from engine.events import EngineEvents
 from gateway import metrics as m
+from gateway.http_errors import to_gateway_error
 
 HOLDING = {"loading", "ready", "draining", "unloading"}
 
@@ -173,8 +174,6 @@ class MetricsMiddleware:
         except Exception as exc:
             # Raised by an inner middleware (authentication): the app's exception
             # handler answers outside us, with this error's status.
-            from gateway.responses import to_gateway_error
-
             error = to_gateway_error(exc)
             status[0] = error.status
             scope.setdefault("state", {})["denial"] = error.code

@@ -1,10 +1,8 @@
-"""The one place that turns exceptions into OpenAI-shaped error responses.
+"""The one place that renders errors: OpenAI's shape, and Anthropic's on its routes.
 
-Engine errors, Litestar's own HTTP exceptions (unknown route, wrong method,
-body too large) and decoding errors all become a ``GatewayError`` first, then
-``{"error": {"message", "type", "param", "code"}}`` with its status.
-Anything unexpected is logged with its traceback and answered as a 500 that
-reveals nothing internal.
+Every exception becomes a ``GatewayError`` first (``gateway.http_errors``), then
+``{"error": {"message", "type", "param", "code"}}`` or Anthropic's
+``{"type": "error", "error": {"type", "message"}}`` with its status.
 """
 
 from __future__ import annotations
@@ -15,31 +13,11 @@ from typing import TypeVar
 
 import msgspec
 from litestar import Request, Response
-from litestar.exceptions import HTTPException
 
-from engine import errors as engine_errors
-from engine.errors import (
-    EngineError,
-    GenerationFailed,
-    InsufficientMemory,
-    ModelLoadFailed,
-    ModelNotReady,
-    RequestCancelled,
-    WorkerCrashed,
-)
 from gateway.anthropic_schema import ErrorDetail as AnthropicDetail
 from gateway.anthropic_schema import ErrorResponse as AnthropicError
-from gateway.errors import (
-    GatewayError,
-    InsufficientStorage,
-    InvalidRequest,
-    MethodNotAllowed,
-    ModelLoading,
-    ModelUnavailable,
-    RequestTooLarge,
-    RouteNotFound,
-    ServerBusy,
-)
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.http_errors import from_engine, to_gateway_error
 from gateway.observe import record_denial
 from gateway.openai_schema import ErrorBody, ErrorResponse
 
@@ -69,50 +47,6 @@ def decode_body(body: bytes, type_: type[T]) -> T:
         raise InvalidRequest(
             f"The request body is not valid JSON: {exc}", code="invalid_json"
         ) from None
-
-
-def from_engine(exc: EngineError) -> GatewayError:
-    if isinstance(exc, ModelNotReady):
-        return ModelLoading(str(exc), retry_after=exc.retry_after)
-    if isinstance(exc, InsufficientMemory):
-        return InsufficientStorage(str(exc), param="model")
-    if isinstance(exc, engine_errors.ServerBusy):
-        return ServerBusy(str(exc), retry_after=exc.retry_after)
-    if isinstance(exc, RequestCancelled):
-        return ModelUnavailable(str(exc), code="request_cancelled", retry_after=1)
-    if isinstance(exc, ModelLoadFailed):
-        return ModelUnavailable(str(exc), retry_after=5)
-    if isinstance(exc, WorkerCrashed):
-        return ModelUnavailable(
-            f"The model's worker stopped while serving this request ({exc}); retry.",
-            retry_after=1,
-        )
-    if isinstance(exc, GenerationFailed):
-        if exc.code == "context_length_exceeded":
-            return InvalidRequest(str(exc), param="messages", code="context_length_exceeded")
-        if exc.code == "invalid_request":
-            return InvalidRequest(str(exc))
-    return GatewayError("The model failed to generate a response.")
-
-
-def to_gateway_error(exc: Exception) -> GatewayError:
-    if isinstance(exc, GatewayError):
-        return exc
-    if isinstance(exc, EngineError):
-        return from_engine(exc)
-    if isinstance(exc, HTTPException):
-        if exc.status_code == 404:
-            return RouteNotFound("No such route.")
-        if exc.status_code == 405:
-            return MethodNotAllowed("Method not allowed for this route.")
-        if exc.status_code == 413:
-            return RequestTooLarge("The request body is larger than the gateway accepts.")
-        if 400 <= exc.status_code < 500:
-            error = InvalidRequest(str(exc.detail))
-            error.status = exc.status_code
-            return error
-    log.exception("unhandled error", exc_info=exc)
-    return GatewayError("Internal error.")
 
 
 def error_body(error: GatewayError) -> ErrorResponse:
@@ -165,3 +99,6 @@ def handle_exception(request: Request, exc: Exception) -> Response[bytes]:
         media_type="application/json",
         headers=error.headers(),
     )
+
+
+__all__ = ["decode_body", "error_body", "from_engine", "handle_exception", "to_gateway_error"]

@@ -113,12 +113,13 @@ def check_concurrency(
 def check_tokens_per_day(
     limits: Limits, usage: UsageSnapshot, now: float, requested_tokens: int
 ) -> Decision:
-    """Tokens per UTC day: a period quota, checked as exhausted-or-not.
+    """Tokens per UTC day: a period quota against which each request reserves its need.
 
-    Denied only when ``tokens_today`` has already reached the limit, never
-    because this request might cross it (its real size is known only at its
-    end, so the day's last request may overshoot).  ``reset_at`` is the next
-    UTC midnight.  ``requested_tokens`` only appears in the details.
+    ``tokens_today`` includes the open reservations of this key's requests in
+    flight, and ``requested_tokens`` is this request's reservation (prompt plus
+    its completion ceiling, already clamped by ``affordable_max_tokens`` to what
+    is left), so concurrent requests cannot together overshoot the quota.
+    Denied when even that does not fit; ``reset_at`` is the next UTC midnight.
     """
     limit = limits.tokens_per_day
     if limit is None:
@@ -126,9 +127,9 @@ def check_tokens_per_day(
     if limit <= 0:
         return none_allowed("tokens", "tokens", "day")
     used = usage.tokens_today
-    if used < limit:
+    if used + requested_tokens <= limit:
         return ALLOW
-    what = f"daily quota of {limit} tokens ({used} used)"
+    what = f"daily quota of {limit} tokens ({used} used or reserved, {requested_tokens} needed)"
     reset_at = next_utc_midnight(now)
     return quota_exhausted(
         "tokens", limit, "day", reset_at, what, used=used, requested=requested_tokens

@@ -1,7 +1,9 @@
-"""Operator endpoints over the registry: see every model, load and unload them.
+"""Operator endpoints over the registry (``admin`` scope): see every model, load,
+unload, pull and remove them.
 
-Authentication arrives with the key store (the ``admin`` scope); until then
-these routes are as open as the rest of the gateway, which binds to loopback.
+A model id in a path is checked like a request's: 400 when malformed, 404 when
+the catalogue does not hold it (a hub repo id that is not downloaded yet is
+known only to ``/pull``), before the registry is asked anything.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from gateway.context import AppContext
 from gateway.errors import GatewayError, InvalidRequest, PermissionDenied, RouteNotFound
 from gateway.hub import finished, start_download
 from gateway.responses import from_engine
+from gateway.routes.models import known_model
 from policies.principal import Principal
 
 
@@ -94,7 +97,7 @@ async def admin_models(request: Request) -> ModelsView:
 @get("/admin/models/{model_id:path}", guards=[require_admin])
 async def admin_model(request: Request, model_id: str) -> ModelView:
     ctx = context(request)
-    spec = ctx.resolve_model(model_id.lstrip("/"))
+    spec = known_model(ctx, model_id.lstrip("/"))
     return view(ctx.registry.status(spec.id))
 
 
@@ -183,7 +186,7 @@ async def admin_remove(request: Request, model_id: str, force: bool = False) -> 
     """Delete a model's files.  A loaded model is refused (409) unless ``force=true``,
     which drains it first (its in-flight requests finish)."""
     ctx = context(request)
-    spec = ctx.resolve_model(model_id.lstrip("/"))
+    spec = known_model(ctx, model_id.lstrip("/"))
     if not spec.on_disk:
         raise RouteNotFound(f"{spec.id} has no files on disk.", code="model_not_on_disk")
     state = ctx.registry.status(spec.id).state
@@ -217,9 +220,9 @@ async def admin_action(request: Request, target: str) -> Response[Any]:
     model_id, _, action = target.strip("/").rpartition("/")
     if action not in ("load", "unload", "pull") or not model_id:
         raise RouteNotFound("No such route: use /admin/models/{id}/load, /unload or /pull.")
-    spec = ctx.resolve_model(model_id)
     if action == "pull":
-        return await pull(ctx, principal_of(request), spec)
+        return await pull(ctx, principal_of(request), ctx.resolve_model(model_id))
+    spec = known_model(ctx, model_id)
     try:
         if action == "load":
             ctx.registry.request_load(spec.id)

@@ -1,7 +1,8 @@
 """Anthropic-compatible ``/v1/messages`` and ``/v1/messages/count_tokens``.
 
-The same authentication, policies, registry and usage accounting as the
-OpenAI routes; only the wire format differs.  ``claude-*`` and other foreign
+A codec like the OpenAI routes: the body becomes an ``Ask`` for the admission
+pipeline (the same checks, registry and usage accounting); only the wire
+format differs.  ``claude-*`` and other foreign
 names resolve only through the operator's alias table; the response's
 ``model`` echoes what the client asked for.
 """
@@ -16,7 +17,7 @@ from litestar import Request, Response, post
 from litestar.response import Stream
 
 from engine.protocol import ChatMessage, SamplingParams
-from gateway.admission import admit
+from gateway import pipeline
 from gateway.anthropic_schema import (
     CountTokensRequest,
     Message,
@@ -24,15 +25,11 @@ from gateway.anthropic_schema import (
     TextBlock,
     Usage,
 )
-from gateway.auth import principal_of
-from gateway.context import AppContext
-from gateway.errors import GatewayError, InvalidRequest, PermissionDenied
+from gateway.errors import GatewayError, InvalidRequest
 from gateway.generation import Counts, complete, stream
-from gateway.hub import ensure_on_disk
-from gateway.inference import ChoiceEnd, InferenceCall
+from gateway.inference import ChoiceEnd
+from gateway.pipeline import Ask, context
 from gateway.responses import anthropic_body, decode_body
-from gateway.tokens import count_chat_tokens
-from policies.allowlist import model_allowed
 
 _encoder = msgspec.json.Encoder()
 
@@ -129,10 +126,6 @@ class AnthropicRenderer:
         return sse("ping", {"type": "ping"})
 
 
-def context(request: Request) -> AppContext:
-    return request.app.state.ctx  # type: ignore[no-any-return]
-
-
 @post("/v1/messages", status_code=200)
 async def messages(request: Request) -> Response[Any] | Stream:
     ctx = context(request)
@@ -140,16 +133,11 @@ async def messages(request: Request) -> Response[Any] | Stream:
     if req.tool_choice is not None or req.thinking is not None:
         field = "tool_choice" if req.tool_choice is not None else "thinking"
         raise InvalidRequest(f"`{field}` is not supported by this gateway.", param=field)
-    spec = ctx.resolve_model(req.model)
-    request.state.model = spec.id
     limits = ctx.settings.engine
     if req.max_tokens > limits.max_tokens_limit:
         raise InvalidRequest(
             f"max_tokens must be at most {limits.max_tokens_limit}.", param="max_tokens"
         )
-    chat = conversation(req)
-    principal = principal_of(request)
-    spec = await ensure_on_disk(ctx, principal, spec)
     params = SamplingParams(
         max_tokens=req.max_tokens,
         temperature=1.0 if req.temperature is None else req.temperature,
@@ -157,22 +145,12 @@ async def messages(request: Request) -> Response[Any] | Stream:
         top_k=req.top_k or 0,
         stop=tuple(req.stop_sequences or ()),
     )
-    call = InferenceCall(spec.id, params, 1, messages=chat)
-    chars = sum(len(m.content) for m in chat)
-    admission = admit(
-        ctx,
-        principal,
-        spec,
-        requested_tokens=chars // 4 + 1 + req.max_tokens,
-        route="/v1/messages",
-    )
-    admission.scope_state = request.scope.setdefault("state", {})
+    ask = Ask("/v1/messages", req.model, params, 1, conversation(req))
+    admitted = await pipeline.admit(request, ask)
     ident = f"msg_{uuid.uuid4().hex}"
     if req.stream:
-        return await stream(
-            ctx, call, principal.key_id, admission, AnthropicRenderer(ident, req.model)
-        )
-    done = await complete(ctx, call, principal.key_id, admission)
+        return await stream(ctx, admitted, AnthropicRenderer(ident, req.model))
+    done = await complete(ctx, admitted)
     return Response(
         Message(
             id=ident,
@@ -188,17 +166,9 @@ async def messages(request: Request) -> Response[Any] | Stream:
 @post("/v1/messages/count_tokens", status_code=200)
 async def count_tokens(request: Request) -> dict[str, int]:
     """The prompt's tokens with the model's own tokenizer and chat template: no
-    generation, no weights loaded, nothing charged."""
-    ctx = context(request)
+    generation, no weights loaded; rate limited and recorded like any request."""
     req = decode_body(await request.body(), CountTokensRequest)
-    spec = ctx.resolve_model(req.model)
-    principal = principal_of(request)
-    if not model_allowed(principal, spec.id):
-        raise PermissionDenied(
-            f"This key may not use the model {spec.id}.", code="model_not_allowed", param="model"
-        )
-    if not principal.has("infer"):
-        raise PermissionDenied("Counting tokens needs the `infer` scope.", code="missing_scope")
-    if not spec.on_disk:
-        raise InvalidRequest(f"{spec.id} is not on disk: its tokenizer is not available.")
-    return {"input_tokens": await count_chat_tokens(spec.path, conversation(req))}
+    ask = Ask(
+        "/v1/messages/count_tokens", req.model, SamplingParams(max_tokens=0), 1, conversation(req)
+    )
+    return {"input_tokens": await pipeline.count_tokens(request, ask)}

@@ -1,11 +1,15 @@
 """Key management and usage over HTTP (``admin`` scope): ``/admin/keys``, ``/admin/usage``.
 
-The secret of a new key is in the create response and nowhere else, ever.
+The secret of a new key is in the create response and nowhere else, ever.  Every
+number is bounded before it reaches the store: limits are integers in
+``[0, MAX_LIMIT]`` and ``expires_in_days`` is in ``(0, MAX_EXPIRY_DAYS]``, so that
+nothing stores infinity or overflows SQLite's integers (400 naming the field).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Annotated, Any
 
@@ -16,11 +20,12 @@ from msgspec import Meta
 from gateway.auth import require_admin
 from gateway.context import AppContext
 from gateway.errors import GatewayError, InvalidRequest
+from gateway.keys import MAX_EXPIRY_DAYS, MAX_LIMIT
 from gateway.keystore import KeyRecord, KeyStore
 from gateway.responses import decode_body
 from policies.principal import SCOPES, Limits
 
-Limit = Annotated[int, Meta(ge=0)] | None
+Limit = Annotated[int, Meta(ge=0, le=MAX_LIMIT)] | None
 
 
 class LimitsIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -37,7 +42,7 @@ class KeyCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     scopes: list[str] = msgspec.field(default_factory=lambda: ["infer"])
     models: list[str] = msgspec.field(default_factory=lambda: ["*"])
     limits: LimitsIn = LimitsIn()
-    expires_in_days: Annotated[float, Meta(gt=0)] | None = None
+    expires_in_days: Annotated[float, Meta(gt=0, le=MAX_EXPIRY_DAYS)] | None = None
 
 
 class KeyUpdate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -157,7 +162,9 @@ async def revoke_key(request: Request, key_id: str) -> KeyView:
 async def usage(
     request: Request, key: str | None = None, since_days: float | None = None
 ) -> dict[str, Any]:
-    since = time.time() - since_days * 86400 if since_days else None
+    if since_days is not None and not (math.isfinite(since_days) and since_days > 0):
+        raise InvalidRequest("since_days: must be a positive number of days.", param="since_days")
+    since = time.time() - min(since_days, 100 * 365) * 86400 if since_days else None
     store = store_of(request)
     rows = await asyncio.to_thread(lambda: store.usage_summary(key_id=key, since=since))
     return {"data": rows}

@@ -41,11 +41,25 @@ async def list_models(request: Request) -> ModelList:
     )
 
 
+def known_model(ctx: AppContext, name: str) -> ModelSpec:
+    """The catalogue model ``name`` names: 400 when malformed, 404 when the catalogue
+    does not hold it.  A hub repo id that is not (yet) downloaded is not a model to
+    describe, load or unload (only ``/pull`` takes one), and nothing here creates
+    any state for it."""
+    spec = ctx.resolve_model(name)
+    if ctx.store.specs.get(spec.id) is not spec:
+        raise ModelNotFound(
+            f"The model `{name[:80]}` does not exist or you do not have access to it.",
+            param="model",
+        )
+    return spec
+
+
 @get("/v1/models/{model_id:path}")
 async def retrieve_model(request: Request, model_id: str) -> ModelCard:
     ctx: AppContext = request.app.state.ctx
     name = model_id.lstrip("/")
-    spec = ctx.resolve_model(name)
+    spec = known_model(ctx, name)
     if not model_allowed(principal_of(request), spec.id):
         raise ModelNotFound(
             f"The model `{name}` does not exist or you do not have access to it.", param="model"

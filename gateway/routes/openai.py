@@ -1,4 +1,9 @@
-"""OpenAI-compatible generation: ``/v1/chat/completions`` and ``/v1/completions``."""
+"""OpenAI-compatible generation: ``/v1/chat/completions`` and ``/v1/completions``.
+
+A codec: the request body becomes an ``Ask`` for the admission pipeline
+(``gateway.pipeline``, which runs every check) and the engine's events become
+OpenAI's JSON or SSE chunks.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +16,10 @@ from litestar import Request, Response, post
 from litestar.response import Stream
 
 from engine.protocol import ChatMessage, SamplingParams
-from gateway.admission import admit
-from gateway.auth import principal_of
-from gateway.context import AppContext
+from gateway import pipeline
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.generation import Counts, complete, stream
-from gateway.hub import ensure_on_disk
-from gateway.inference import ChoiceEnd, InferenceCall
+from gateway.inference import ChoiceEnd
 from gateway.openai_schema import (
     AssistantMessage,
     ChatChoice,
@@ -34,10 +36,10 @@ from gateway.openai_schema import (
     TextCompletion,
     Usage,
 )
+from gateway.pipeline import Ask, context
 from gateway.responses import decode_body, error_body
 from gateway.settings import EngineSettings
 from gateway.sse import DONE, event
-from policies.principal import Principal
 
 
 def sampling_params(
@@ -55,8 +57,12 @@ def sampling_params(
         )
     bias: dict[int, float] = {}
     for key, value in (req.logit_bias or {}).items():
-        if not key.isdigit():
-            raise InvalidRequest("logit_bias keys must be token ids.", param="logit_bias")
+        # ASCII digits only ("²".isdigit() is true), and no id past any vocabulary.
+        if not (key.isascii() and key.isdigit()) or len(key) > 9:
+            raise InvalidRequest(
+                "logit_bias keys must be token ids inside the model's vocabulary.",
+                param="logit_bias",
+            )
         bias[int(key)] = value
     temperature = 1.0 if req.temperature is None else req.temperature
     top_p = 1.0 if req.top_p is None else req.top_p
@@ -72,17 +78,6 @@ def sampling_params(
         frequency_penalty=req.frequency_penalty or 0.0,
         logit_bias=bias,
     )
-
-
-def caller_of(principal: Principal) -> str:
-    """The fair-queue tag of a request: the key it came with."""
-    return principal.key_id
-
-
-def estimated_tokens(text_chars: int, params: SamplingParams, n: int) -> int:
-    """What a request may cost, for tokens-per-minute limits before it runs: about four
-    characters per prompt token, plus every completion token it may generate."""
-    return text_chars // 4 + 1 + params.max_tokens * n
 
 
 def usage_of(counts: Counts) -> Usage:
@@ -127,98 +122,72 @@ class OpenAIRenderer:
         return b": waiting for the model to load\n\n"
 
 
-def context(request: Request) -> AppContext:
-    return request.app.state.ctx  # type: ignore[no-any-return]
-
-
 @post("/v1/chat/completions", status_code=200)
 async def chat_completions(request: Request) -> Response[Any] | Stream:
     ctx = context(request)
     req = decode_body(await request.body(), ChatCompletionRequest)
-    spec = ctx.resolve_model(req.model)
-    request.state.model = spec.id
     params = sampling_params(req, req.max_completion_tokens or req.max_tokens, ctx.settings.engine)
     messages = tuple(
         ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in req.messages
     )
-    principal = principal_of(request)
-    spec = await ensure_on_disk(ctx, principal, spec)
-    call = InferenceCall(spec.id, params, req.n, messages=messages)
-    chars = sum(len(m.content) for m in messages)
-    admission = admit(
-        ctx,
-        principal,
-        spec,
-        requested_tokens=estimated_tokens(chars, params, req.n),
-        route="/v1/chat/completions",
-    )
-    admission.scope_state = request.scope.setdefault("state", {})
+    route = "/v1/chat/completions"
+    admitted = await pipeline.admit(request, Ask(route, req.model, params, req.n, messages))
+    model = admitted.spec.id
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     if not req.stream:
-        done = await complete(ctx, call, caller_of(principal), admission)
+        done = await complete(ctx, admitted)
         choices = [
             ChatChoice(i, AssistantMessage(done.texts[i]), done.finish_reasons[i])
             for i in range(req.n)
         ]
-        return Response(ChatCompletion(ident, created, spec.id, choices, usage_of(done.counts)))
+        return Response(ChatCompletion(ident, created, model, choices, usage_of(done.counts)))
 
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     chunk_type = ChatCompletionChunkWithUsage if include_usage else ChatCompletionChunk
 
     def chunk(index: int, text: str | None, finish: str | None) -> Any:
         delta = ChatDelta(content=text) if text is not None else ChatDelta()
-        return chunk_type(ident, created, spec.id, [ChatChunkChoice(index, delta, finish)])
+        return chunk_type(ident, created, model, [ChatChunkChoice(index, delta, finish)])
 
     first = [
-        event(chunk_type(ident, created, spec.id, [ChatChunkChoice(i, ChatDelta("assistant", ""))]))
+        event(chunk_type(ident, created, model, [ChatChunkChoice(i, ChatDelta("assistant", ""))]))
         for i in range(req.n)
     ]
     usage = (
-        (lambda u: ChatCompletionChunkWithUsage(ident, created, spec.id, [], usage=u))
+        (lambda u: ChatCompletionChunkWithUsage(ident, created, model, [], usage=u))
         if include_usage
         else None
     )
-    renderer = OpenAIRenderer(chunk, first, usage)
-    return await stream(ctx, call, caller_of(principal), admission, renderer)
+    return await stream(ctx, admitted, OpenAIRenderer(chunk, first, usage))
 
 
 @post("/v1/completions", status_code=200)
 async def completions(request: Request) -> Response[Any] | Stream:
     ctx = context(request)
     req = decode_body(await request.body(), CompletionRequest)
-    spec = ctx.resolve_model(req.model)
     params = sampling_params(req, req.max_tokens or 16, ctx.settings.engine)
     prompt = req.prompt_text()
     if not prompt:
         raise InvalidRequest("prompt must not be empty.", param="prompt")
-    principal = principal_of(request)
-    spec = await ensure_on_disk(ctx, principal, spec)
-    call = InferenceCall(spec.id, params, req.n, prompt=prompt)
-    admission = admit(
-        ctx,
-        principal,
-        spec,
-        requested_tokens=estimated_tokens(len(prompt), params, req.n),
-        route="/v1/completions",
-    )
-    admission.scope_state = request.scope.setdefault("state", {})
+    ask = Ask("/v1/completions", req.model, params, req.n, prompt=prompt)
+    admitted = await pipeline.admit(request, ask)
+    model = admitted.spec.id
     ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     echo = prompt if req.echo else ""
 
     if not req.stream:
-        done = await complete(ctx, call, caller_of(principal), admission)
+        done = await complete(ctx, admitted)
         choices = [
             TextChoice(i, echo + done.texts[i], done.finish_reasons[i]) for i in range(req.n)
         ]
-        return Response(TextCompletion(ident, created, spec.id, choices, usage_of(done.counts)))
+        return Response(TextCompletion(ident, created, model, choices, usage_of(done.counts)))
 
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
     def chunk(index: int, text: str | None, finish: str | None) -> Any:
-        return TextCompletion(ident, created, spec.id, [TextChoice(index, text or "", finish)])
+        return TextCompletion(ident, created, model, [TextChoice(index, text or "", finish)])
 
     first = [event(chunk(i, echo, None)) for i in range(req.n)] if echo else []
-    usage = (lambda u: TextCompletion(ident, created, spec.id, [], u)) if include_usage else None
-    renderer = OpenAIRenderer(chunk, first, usage)
-    return await stream(ctx, call, caller_of(principal), admission, renderer)
+    usage = (lambda u: TextCompletion(ident, created, model, [], u)) if include_usage else None
+    return await stream(ctx, admitted, OpenAIRenderer(chunk, first, usage))

@@ -135,7 +135,7 @@ def test_usage_and_quota_survive_a_kill_9_right_after_a_response(tiny_models_dir
     first = GatewayServer(tiny_models_dir, tmp_path, default_model="tiny-a")
     key = first.create_key("daily", scopes=("infer",))
     with KeyStore(tmp_path / "gateway.db") as store:
-        store.update(key.split("-")[1], limits={"tokens_per_day": 20})
+        store.update(key.split("-")[1], limits={"tokens_per_day": 40})
     response = httpx.post(
         first.base_url + "/v1/chat/completions",
         json={"model": "tiny-a", "messages": HELLO, "max_tokens": 30, "logit_bias": {"2": -100}},

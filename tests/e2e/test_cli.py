@@ -58,3 +58,26 @@ def test_serve_refuses_invalid_environment_before_starting():
     result = gateway("serve", env={"GATEWAY_SERVER_PORT": "eighty", "PATH": "/usr/bin"})
     assert result.returncode == 2
     assert "server.port" in result.stderr
+
+
+def test_check_config_redacts_secrets(tmp_path):
+    config = tmp_path / "gateway.toml"
+    jwt_secret = "jwt-secret-" + "s" * 40
+    config.write_text(
+        f'[auth]\njwt_algorithm = "HS256"\njwt_secret = "{jwt_secret}"\n'
+        '[server]\nmetrics_token = "scrape-token-123"\n'
+    )
+    result = gateway("--config", str(config), "check-config")
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    assert jwt_secret not in output and "scrape-token-123" not in output
+    assert "auth.jwt_secret = '<redacted>'" in result.stdout
+    assert "server.metrics_token = '<redacted>'" in result.stdout
+    assert "auth.jwt_algorithm = 'HS256'" in result.stdout  # the rest is shown as it is
+
+
+def test_check_config_shows_unset_secrets_as_empty(tmp_path):
+    result = gateway("check-config", env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    assert "auth.jwt_secret = ''" in result.stdout
+    assert "server.metrics_token = ''" in result.stdout

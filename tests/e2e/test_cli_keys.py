@@ -109,6 +109,16 @@ def test_update_limits_and_revoke(tmp_path):
         (["keys", "create", "x", "--models", "a,,b"], "--models"),
         (["keys", "update", "00000000"], "nothing to change"),
         (["keys", "create", " "], "name"),
+        (["keys", "create", "x", "--expires-in-days", "1e308"], "--expires-in-days"),
+        (["keys", "create", "x", "--expires-in-days", "inf"], "at most 3650"),
+        (["keys", "create", "x", "--expires-in-days", "nan"], "--expires-in-days"),
+        (["keys", "create", "x", "--expires-in-days", "3651"], "at most 3650"),
+        (["keys", "create", "x", "--rpm", str(2**63)], "--rpm"),
+        (["keys", "create", "x", "--download-quota", "1e400GB/day"], "--download-quota"),
+        (["keys", "create", "x", "--download-quota", "infGB/day"], "--download-quota"),
+        (["keys", "create", "x", "--download-quota", "nanGB/day"], "--download-quota"),
+        (["keys", "update", "00000000", "--tpm", "1" + "0" * 30], "--tpm"),
+        (["usage", "--since-days", "1e999"], "--since-days"),
     ],
 )
 def test_invalid_flags_exit_2_with_a_clear_message(tmp_path, args, message):
@@ -131,3 +141,27 @@ def test_data_dir_comes_from_the_config_file_too(tmp_path):
     result = keys_cli("--config", str(config), "keys", "create", "dave")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "from-config" / "gateway.db").is_file()
+
+
+def test_out_of_range_numbers_store_nothing_and_keys_list_still_works(tmp_path):
+    create(tmp_path, "first")
+    for flags in (["--expires-in-days", "1e308"], ["--rpm", str(2**64)]):
+        refused = keys_cli("keys", "create", "huge", *flags, "--data-dir", str(tmp_path))
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    listing = keys_cli("keys", "list", "--data-dir", str(tmp_path))
+    assert listing.returncode == 0, listing.stderr
+    assert "first" in listing.stdout and "huge" not in listing.stdout
+    with KeyStore(tmp_path / "gateway.db") as store:
+        assert [r.name for r in store.list_keys()] == ["first"]
+
+
+def test_keys_list_survives_an_infinite_expiry_written_by_an_older_version(tmp_path):
+    import sqlite3
+
+    key_id, _, _ = create(tmp_path, "legacy", "--expires-in-days", "30")
+    with sqlite3.connect(tmp_path / "gateway.db") as conn:
+        conn.execute("UPDATE keys SET expires_at = ? WHERE id = ?", (float("inf"), key_id))
+    for args in (["keys", "list"], ["keys", "show", key_id]):
+        result = keys_cli(*args, "--data-dir", str(tmp_path))
+        assert result.returncode == 0, result.stderr
+        assert "never" in result.stdout

@@ -73,8 +73,12 @@ def promtool(
     )
 
 
-def test_promtool_check_config(prometheus_tools):
-    result = promtool(prometheus_tools, "check", "config", "prometheus.yml")
+def test_promtool_check_config(prometheus_tools, tmp_path):
+    # The scrape reads its bearer token from a file beside the config (mode 0600).
+    for name in ("prometheus.yml", "alerts.yml"):
+        shutil.copy(PROMETHEUS_DIR / name, tmp_path / name)
+    (tmp_path / "mlx-gateway-metrics-token").write_text("a-metrics-token\n")
+    result = promtool(prometheus_tools, "check", "config", "prometheus.yml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 rule files found" in result.stdout + result.stderr
 
@@ -111,7 +115,7 @@ def test_promtool_check_metrics_on_a_real_exposition(prometheus_tools, tiny_mode
                 pass
             with pytest.raises(openai.NotFoundError):
                 client.chat.completions.create(model="no-such-model", messages=HELLO, max_tokens=2)
-        text = httpx.get(server.base_url + "/metrics", timeout=10).text
+        text = httpx.get(server.base_url + "/metrics", headers=server.headers, timeout=10).text
     finally:
         server.stop()
     assert "gateway_requests_total{" in text
@@ -171,6 +175,7 @@ def test_real_prometheus_scrapes_denials_swaps_and_loads(
         config = config.replace("evaluation_interval: 15s", "evaluation_interval: 1s")
         assert f"127.0.0.1:{server.port}" in config and "scrape_interval: 1s" in config
         (prom_dir / "prometheus.yml").write_text(config)
+        (prom_dir / "mlx-gateway-metrics-token").write_text(server.admin_key)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         proc = run_process(

@@ -29,7 +29,7 @@ def test_metrics_count_requests_tokens_denials_and_loads(tiny_models_dir, tmp_pa
             pytest.raises(openai.PermissionDeniedError),
         ):
             narrow.chat.completions.create(model="tiny-b", messages=HELLO, max_tokens=2)
-        text = httpx.get(server.base_url + "/metrics").text
+        text = httpx.get(server.base_url + "/metrics", headers=server.headers).text
         admin = server.admin_key.split("-")[1]
         labels = f'key="{admin}",model="tiny-a",route="/v1/chat/completions",status="200"'
         assert value(text, f"gateway_requests_total{{{labels}}}") == 1
@@ -46,7 +46,7 @@ def test_metrics_count_requests_tokens_denials_and_loads(tiny_models_dir, tmp_pa
         server.stop()
 
 
-def test_metrics_token_protects_the_endpoint(tiny_models_dir, tmp_path):
+def test_metrics_token_or_an_admin_key_opens_the_endpoint(tiny_models_dir, tmp_path):
     server = GatewayServer(
         tiny_models_dir,
         tmp_path,
@@ -54,11 +54,41 @@ def test_metrics_token_protects_the_endpoint(tiny_models_dir, tmp_path):
         env={"GATEWAY_SERVER_METRICS_TOKEN": "scrape-secret-123"},
     )
     try:
-        assert httpx.get(server.base_url + "/metrics").status_code == 401
-        wrong = {"Authorization": "Bearer nope"}
-        assert httpx.get(server.base_url + "/metrics", headers=wrong).status_code == 401
-        right = {"Authorization": "Bearer scrape-secret-123"}
-        response = httpx.get(server.base_url + "/metrics", headers=right)
+        url = server.base_url + "/metrics"
+        member = server.create_key("member", scopes=("infer", "load", "download"))
+        refused = {
+            "no credential": ({}, 401),
+            "a wrong token": ({"Authorization": "Bearer nope"}, 401),
+            "a forged key": ({"Authorization": "Bearer gw-00000000-" + "x" * 43}, 401),
+            "a member key": ({"Authorization": f"Bearer {member}"}, 403),
+            "a member key as x-api-key": ({"x-api-key": member}, 403),
+        }
+        for what, (headers, status) in refused.items():
+            response = httpx.get(url, headers=headers)
+            assert response.status_code == status, what
+            error = response.json()["error"]
+            assert set(error) == {"message", "type", "param", "code"}, what
+            assert "gateway_requests_total" not in response.text, what
+        for headers in (
+            {"Authorization": "Bearer scrape-secret-123"},
+            server.headers,
+            {"x-api-key": server.admin_key},
+        ):
+            response = httpx.get(url, headers=headers)
+            assert response.status_code == 200 and "gateway_models_loaded" in response.text
+    finally:
+        server.stop()
+
+
+def test_metrics_public_serves_anyone(tiny_models_dir, tmp_path):
+    server = GatewayServer(
+        tiny_models_dir,
+        tmp_path,
+        default_model="tiny-a",
+        env={"GATEWAY_SERVER_METRICS_PUBLIC": "true"},
+    )
+    try:
+        response = httpx.get(server.base_url + "/metrics")
         assert response.status_code == 200 and "gateway_models_loaded" in response.text
     finally:
         server.stop()

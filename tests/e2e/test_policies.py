@@ -157,9 +157,12 @@ def test_exhausted_daily_tokens_answer_403_with_reset_and_survive_a_restart(
     data = tmp_path_factory.mktemp("quota-data")
     first = GatewayServer(tiny_models_dir, data, default_model="tiny-a")
     try:
-        key = first.create_key("daily", limits=Limits(tokens_per_day=20))
+        key = first.create_key("daily", limits=Limits(tokens_per_day=40))
         reply = chat(first, key, max_tokens=30, logit_bias=NO_EOS)
-        assert reply.usage.total_tokens > 20
+        # The reservation lowered max_tokens to what the day had left: the quota is
+        # used up exactly, never overshot.
+        assert reply.usage.total_tokens == 40
+        assert reply.choices[0].finish_reason == "length"
         with pytest.raises(openai.PermissionDeniedError) as exhausted:
             chat(first, key)
         assert exhausted.value.code == "quota_exhausted"

@@ -50,7 +50,8 @@ Faults (settable at any time, read per request / per chunk):
 
 Observation: ``requests`` ((method, path) in order), ``range_requests`` ((path, Range header)),
 ``bytes_sent(repo=None)`` (file-body bytes handed to the server, stopped when the client goes
-away), ``reset_counters()``.
+away), ``file_bytes_sent(repo, file)``, ``weight_bytes_sent(repo=None)`` (``*.safetensors``
+bodies only), ``reset_counters()``.
 """
 
 from __future__ import annotations
@@ -143,6 +144,7 @@ class LocalHub:
         self._repos: dict[str, _Repo] = {}
         self._lock = threading.Lock()
         self._sent: dict[str, int] = {}
+        self._sent_files: dict[tuple[str, str], int] = {}
         self._dropped: set[tuple[str, str]] = set()
         self._drop_after_bytes: int | None = None
         self._server: uvicorn.Server | None = None
@@ -192,15 +194,33 @@ class LocalHub:
                 return sum(self._sent.values())
             return self._sent.get(repo_id, 0)
 
+    def file_bytes_sent(self, repo_id: str, filename: str) -> int:
+        """File-body bytes of one file sent by resolve GETs (a re-read counts again)."""
+        with self._lock:
+            return self._sent_files.get((repo_id, filename), 0)
+
+    def weight_bytes_sent(self, repo_id: str | None = None) -> int:
+        """Bytes of ``*.safetensors`` bodies sent, in all or for one repo: what a
+        refusal must never have caused (reading config.json is metadata)."""
+        with self._lock:
+            return sum(
+                n
+                for (repo, name), n in self._sent_files.items()
+                if name.endswith(".safetensors") and repo_id in (None, repo)
+            )
+
     def reset_counters(self) -> None:
         with self._lock:
             self._sent.clear()
+            self._sent_files.clear()
             self.requests.clear()
             self.range_requests.clear()
 
-    def _count(self, repo_id: str, amount: int) -> None:
+    def _count(self, repo_id: str, amount: int, filename: str = "") -> None:
         with self._lock:
             self._sent[repo_id] = self._sent.get(repo_id, 0) + amount
+            key = (repo_id, filename)
+            self._sent_files[key] = self._sent_files.get(key, 0) + amount
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -451,7 +471,7 @@ class LocalHub:
                             "more_body": True,
                         }
                     )
-                    self._count(repo_id, stop - sent)
+                    self._count(repo_id, stop - sent, filename)
                     sent = stop
                 if drop_at is not None and sent >= drop_at:
                     raise _DropConnection(f"dropped {repo_id}/{filename} after {sent} bytes")

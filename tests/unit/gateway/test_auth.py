@@ -145,3 +145,69 @@ def test_asymmetric_jwts_and_algorithm_confusion(tmp_path, algorithm):
 def test_auth_off_gives_the_anonymous_principal():
     auth = Authenticator(AuthSettings(enabled=False), lookup)
     assert auth.authenticate(None) is ANONYMOUS
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param({"limits": {"rpm": 1.0}}, id="limit float even if whole"),
+        pytest.param({"limits": {"rpm": 1.5}}, id="limit float"),
+        pytest.param({"limits": {"rpm": "1"}}, id="limit string"),
+        pytest.param({"limits": {"rpm": True}}, id="limit bool"),
+        pytest.param({"limits": {"rpm": -1}}, id="limit negative"),
+        pytest.param({"limits": {"rpm": None}}, id="limit null"),
+        pytest.param({"limits": {"rpm": 2**53}}, id="limit too large"),
+        pytest.param({"limits": {"tokens_per_day": [5]}}, id="limit list"),
+        pytest.param({"limits": {"requests_per_minute": 5}}, id="unknown limit name"),
+        pytest.param({"limits": [1]}, id="limits not an object"),
+        pytest.param({"limits": None}, id="limits null"),
+        pytest.param({"scope": 5}, id="scope number"),
+        pytest.param({"scope": None}, id="scope null"),
+        pytest.param({"scope": ["infer", 5]}, id="scope list with a number"),
+        pytest.param({"scopes": "infer", "scope": {"a": 1}}, id="scope object beside scopes"),
+        pytest.param({"scopes": {"infer": True}}, id="scopes object"),
+        pytest.param({"models": "tiny-*"}, id="models string"),
+        pytest.param({"models": ["tiny-*", 3]}, id="models list with a number"),
+        pytest.param({"models": None}, id="models null"),
+        pytest.param({"name": 7}, id="name number"),
+        pytest.param({"name": None}, id="name null"),
+        pytest.param({"sub": ""}, id="sub empty"),
+        pytest.param({"sub": "x" * 125}, id="sub longer than a key id holds"),
+    ],
+)
+def test_jwt_claims_of_a_wrong_type_refuse_the_token(hs256, extra):
+    token = jwt.encode(claims(**{"models": ["*"], **extra}), SECRET, algorithm="HS256")
+    with pytest.raises(AuthenticationFailed, match="Invalid token"):
+        hs256.authenticate(token)
+
+
+@pytest.mark.parametrize("sub", [5, ["alice"], {"id": "alice"}])
+def test_jwt_subject_must_be_a_string(hs256, sub):
+    token = jwt.encode(claims(sub=sub), SECRET, algorithm="HS256")
+    with pytest.raises(AuthenticationFailed):
+        hs256.authenticate(token)
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        pytest.param({"limits": {"rpm": 0}}, Limits(requests_per_minute=0), id="zero"),
+        pytest.param(
+            {"limits": {"download_bytes_per_day": 2**53 - 1}},
+            Limits(download_bytes_per_day=2**53 - 1),
+            id="largest",
+        ),
+        pytest.param({"limits": {}}, Limits(), id="empty object"),
+        pytest.param({}, Limits(), id="no limits claim"),
+    ],
+)
+def test_jwt_integer_limits_are_kept(hs256, extra, expected):
+    token = jwt.encode(claims(**extra), SECRET, algorithm="HS256")
+    assert hs256.authenticate(token).limits == expected
+
+
+def test_jwt_scopes_claim_may_be_a_list_or_a_string(hs256):
+    as_list = jwt.encode(claims(scopes=["infer", "download"]), SECRET, algorithm="HS256")
+    assert hs256.authenticate(as_list).scopes == {"infer", "download"}
+    as_text = jwt.encode(claims(scopes="infer admin"), SECRET, algorithm="HS256")
+    assert hs256.authenticate(as_text).scopes == {"infer", "admin"}

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.anyio
 class Session:
     prompt_tokens = completion_tokens = cached_tokens = 0
 
-    async def events(self):
+    async def events(self, deadline=None):
         return
         yield
 
@@ -61,7 +61,8 @@ class Renderer:
 
 
 async def frames(opening, admission) -> list[bytes]:
-    body = generation._wait_then_frames(opening, admission, Renderer())
+    deadline = asyncio.get_running_loop().time() + 60
+    body = generation._wait_then_frames(opening, admission, Renderer(), deadline)
     return [frame async for frame in body]
 
 
@@ -102,7 +103,8 @@ async def test_client_leaving_during_the_wait_releases_the_slot(monkeypatch):
         opened.set()
         await asyncio.sleep(3600)
 
-    body = generation._wait_then_frames(never_open, admission, Renderer())
+    deadline = asyncio.get_running_loop().time() + 60
+    body = generation._wait_then_frames(never_open, admission, Renderer(), deadline)
     assert await anext(body) == b": wait"
     await body.aclose()
     assert admission.released >= 1

@@ -14,6 +14,7 @@ from policies.limits import (
     check_tokens_per_minute,
 )
 from policies.principal import Limits
+from policies.reservations import affordable_max_tokens
 from policies.usage import UsageSnapshot
 from policies.window import MIN_WAIT
 
@@ -147,9 +148,31 @@ def test_exhausted_daily_tokens_reset_at_the_next_utc_midnight(now, reset_at, re
     assert decision.details["used"] == 1000
 
 
-def test_daily_tokens_are_not_denied_for_a_request_that_might_cross_the_limit():
-    usage = UsageSnapshot(tokens_today=999)
-    assert check_tokens_per_day(Limits(tokens_per_day=1000), usage, NOW, 50_000) == ALLOW
+def test_daily_tokens_deny_a_reservation_that_would_cross_the_limit():
+    usage = UsageSnapshot(tokens_today=990)
+    assert check_tokens_per_day(Limits(tokens_per_day=1000), usage, NOW, 10) == ALLOW
+    decision = check_tokens_per_day(Limits(tokens_per_day=1000), usage, NOW, 11)
+    assert isinstance(decision, Deny) and decision.code == "quota_exhausted"
+    assert decision.details["requested"] == 11
+
+
+@pytest.mark.parametrize(
+    ("limits", "usage", "prompt", "max_tokens", "n", "ceiling"),
+    [
+        (Limits(), UsageSnapshot(), 10, 500, 1, 500),  # unlimited: as asked
+        (Limits(tokens_per_minute=100), UsageSnapshot(), 10, 500, 1, 90),
+        (Limits(tokens_per_minute=100), UsageSnapshot(), 10, 500, 2, 45),  # n choices share it
+        (Limits(tokens_per_minute=100), UsageSnapshot(), 10, 20, 1, 20),  # fits: untouched
+        (Limits(tokens_per_day=50), UsageSnapshot(tokens_today=30), 5, 64, 1, 15),
+        (Limits(tokens_per_day=50), UsageSnapshot(tokens_today=50), 5, 64, 1, 1),  # then denied
+        (Limits(tokens_per_minute=100, tokens_per_day=40), UsageSnapshot(), 10, 500, 1, 30),
+        (Limits(tokens_per_minute=5), UsageSnapshot(), 10, 500, 1, 1),  # prompt alone too big
+    ],
+)
+def test_affordable_max_tokens_keeps_a_reservation_inside_every_token_limit(
+    limits, usage, prompt, max_tokens, n, ceiling
+):
+    assert affordable_max_tokens(limits, usage, prompt, max_tokens, n) == ceiling
 
 
 @pytest.mark.parametrize(

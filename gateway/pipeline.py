@@ -1,0 +1,316 @@
+"""The admission pipeline: the one request path of every generation-like route.
+
+    decode (the route's codec) -> resolve -> authorize -> limits (a pre-check, no I/O)
+    -> hub metadata (a model not on disk: sizes and config.json, bounded)
+    -> tokenize (its own pool; a prompt that cannot fit is refused here)
+    -> limits and budgets, decided and reserved in one synchronous step
+    -> only then download -> lease -> generate -> settle
+
+A route is a codec: it decodes its wire format into an ``Ask`` and encodes
+what ``gateway.generation`` yields; it never checks anything itself, so the
+order of SPEC.md section 2 exists here alone.  Every denial is raised before
+any side effect: nothing is loaded, downloaded, charged or written.  The
+request's model label (metrics, logs) is ``other`` until the key is known to
+be allowed the model, so a caller cannot mint label values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import msgspec
+from litestar import Request
+
+from engine.downloads import DownloadPlan
+from engine.memory import MemoryEstimateError, MemoryNeed
+from engine.protocol import ChatMessage, SamplingParams
+from engine.store import ModelSpec
+from gateway import hub
+from gateway.admission import Admission, decide, is_loaded
+from gateway.auth import principal_of
+from gateway.context import AppContext
+from gateway.errors import (
+    InvalidRequest,
+    ModelUnavailable,
+    PermissionDenied,
+    RequestTimeout,
+    ServerBusy,
+)
+from gateway.inference import InferenceCall
+from gateway.tokens import TokenizerBusy
+from policies.allowlist import model_allowed
+from policies.principal import Principal
+from policies.resources import ModelResources
+
+log = logging.getLogger("gateway.pipeline")
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What a codec decoded, free of its wire format."""
+
+    route: str
+    model: str  # the name the client sent
+    params: SamplingParams
+    n: int = 1
+    messages: tuple[ChatMessage, ...] | None = None
+    prompt: str | None = None
+
+    @property
+    def text_bytes(self) -> int:
+        if self.messages is not None:
+            return sum(len(m.content.encode()) + len(m.role) for m in self.messages)
+        return len((self.prompt or "").encode())
+
+
+@dataclass
+class Admitted:
+    """An admitted request: what it holds, and the call to run."""
+
+    admission: Admission
+    call: InferenceCall
+    spec: ModelSpec
+    deadline: float  # loop time by which the whole request must end
+
+
+def context(request: Request[Any, Any, Any]) -> AppContext:
+    return request.app.state.ctx  # type: ignore[no-any-return]
+
+
+def _authorize(
+    ctx: AppContext, request: Request[Any, Any, Any], principal: Principal, name: str
+) -> ModelSpec:
+    """Resolve the name and check the key's allowlist (and, for a hub model, every
+    download check that needs no I/O); the label becomes the model's id only then."""
+    state = request.scope.setdefault("state", {})
+    state["model"] = "other"
+    spec = ctx.resolve_model(name)
+    if not model_allowed(principal, spec.id):
+        raise PermissionDenied(
+            f"This key may not use model {spec.id}.", code="model_not_allowed", param="model"
+        )
+    if not spec.on_disk:
+        if spec.repo is None:
+            raise ModelUnavailable(f"{spec.id} is not on disk.")
+        hub.check_gate(ctx, principal, spec.repo)
+    if spec.id in ctx.store.specs:  # a hub repo gets its label once the hub knows it
+        state["model"] = spec.id
+    return spec
+
+
+def _resources(ctx: AppContext, spec: ModelSpec, need: MemoryNeed | None) -> ModelResources:
+    loaded = spec.on_disk and is_loaded(ctx, spec.id)
+    if need is None and spec.on_disk and spec.id in ctx.store.specs:
+        try:
+            need = ctx.registry.need(spec.id)
+        except MemoryEstimateError:  # unreadable weights: the load itself will report it
+            need = None
+    return ModelResources(
+        model_id=spec.id,
+        loaded=loaded,
+        on_disk=spec.on_disk,
+        need_bytes=need.total if need else None,
+        budget_bytes=ctx.registry.memory_budget,
+        pinned_bytes=ctx.registry.pinned_bytes(exclude=spec.id),
+    )
+
+
+def _context_length(ctx: AppContext, spec: ModelSpec) -> int | None:
+    try:
+        return ctx.registry.need(spec.id).context_length
+    except MemoryEstimateError:
+        return None
+
+
+def _too_long(message: str) -> InvalidRequest:
+    return InvalidRequest(message, param="messages", code="context_length_exceeded")
+
+
+async def tokenize(ctx: AppContext, spec: ModelSpec, ask: Ask) -> tuple[int, ...] | None:
+    """The prompt's token ids, exactly as the worker would compute them, from the
+    gateway's own tokenizer pool; a prompt that cannot fit the model's context is
+    refused here (before any worker sees it, and without tokenizing it when its
+    size alone says so)."""
+    context_length = _context_length(ctx, spec)
+    if context_length is None or ctx.tokenizers is None:
+        return None  # unreadable config: the worker refuses it, or the load fails
+    max_tokens = ask.params.max_tokens
+    room = context_length - max_tokens
+    what = f"max_tokens is {max_tokens} and the model's context is {context_length} tokens"
+    try:
+        if room < 1 or not await ctx.tokenizers.fits(spec.path, ask.text_bytes, room):
+            raise _too_long(f"the prompt cannot fit: {what}")
+        if ask.messages is not None:
+            ids = await ctx.tokenizers.chat(spec.path, ask.messages)
+        else:
+            ids = await ctx.tokenizers.text(spec.path, ask.prompt or "")
+    except TokenizerBusy:
+        raise ServerBusy(
+            "The gateway's tokenizers are busy; retry shortly.", retry_after=1
+        ) from None
+    except InvalidRequest:
+        raise
+    except Exception as exc:  # no usable tokenizer: the model's load reports why
+        log.warning("cannot tokenize for %s (%s): the worker will", spec.id, exc)
+        return None
+    if not ids:
+        raise _too_long("the prompt is empty")
+    if len(ids) + max_tokens > context_length:
+        raise _too_long(
+            f"the prompt has {len(ids)} tokens and max_tokens is {max_tokens}: together "
+            f"more than the model's context of {context_length} tokens"
+        )
+    return tuple(ids)
+
+
+def _call(
+    ctx: AppContext,
+    principal: Principal,
+    spec: ModelSpec,
+    ask: Ask,
+    admission: Admission,
+    tokens: tuple[int, ...] | None,
+) -> InferenceCall:
+    params = ask.params
+    if admission.max_tokens < params.max_tokens:  # what the key's token limits afford
+        params = msgspec.structs.replace(params, max_tokens=admission.max_tokens)
+    return InferenceCall(
+        spec.id,
+        params,
+        ask.n,
+        messages=ask.messages,
+        prompt=ask.prompt,
+        tokens=tokens,
+        partition=ctx.cache_partition(principal.key_id),
+        may_load=principal.has("load"),
+    )
+
+
+async def _hub_model(
+    ctx: AppContext,
+    principal: Principal,
+    spec: ModelSpec,
+    ask: Ask,
+    state: dict[str, Any],
+) -> tuple[ModelSpec, Admission]:
+    """A model not on disk: decide on its metadata, then download it (bytes reserved)."""
+    assert spec.repo is not None and ctx.downloader is not None
+    plan: DownloadPlan = await hub.fetch_hub_plan(ctx, spec.repo, spec.revision or "main")
+    state["model"] = spec.id
+
+    def check_room(used: int) -> None:
+        running = ctx.downloader.active_for(plan.repo) if ctx.downloader else None
+        if running is None or running.plan.commit != plan.commit:  # else shared: held already
+            room = ctx.downloader.room(used) if ctx.downloader else 0
+            size = plan.total_bytes
+            hub.check_download(ctx, principal, plan.repo, size, now=time.time(), room=room)
+
+    check_room(await ctx.downloader.measure())  # sizes first: no file byte read if refused
+    need = await hub.fetch_hub_need(ctx, spec, plan)
+    used = await ctx.downloader.measure()
+    # From here to the job's start: one synchronous step.
+    check_room(used)
+    resources = _resources(ctx, spec, need)
+    admission = _decide(ctx, principal, resources, ask, ask.route, ask.text_bytes // 4 + 1)
+    try:
+        job = hub.begin_download(ctx, principal, plan, used)
+        ready = await hub.await_download(ctx, spec, job)
+    except BaseException:
+        admission.release()
+        raise
+    return ready, admission
+
+
+def _decide(
+    ctx: AppContext,
+    principal: Principal,
+    resources: ModelResources,
+    ask: Ask,
+    route: str,
+    prompt_tokens: int,
+    *,
+    dry_run: bool = False,
+) -> Admission:
+    admission = decide(
+        ctx,
+        principal,
+        resources,
+        prompt_tokens=prompt_tokens,
+        max_tokens=ask.params.max_tokens,
+        n=ask.n,
+        route=route,
+        dry_run=dry_run,
+    )
+    assert admission is not None or dry_run
+    return admission  # type: ignore[return-value]
+
+
+async def admit(request: Request[Any, Any, Any], ask: Ask) -> Admitted:
+    """Every check of SPEC.md section 2 in its order, then the download if one is
+    needed; returns what the request holds and the call to run (the lease and the
+    generation are ``gateway.generation``'s)."""
+    ctx = context(request)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ctx.settings.engine.request_timeout
+    principal = principal_of(request)
+    spec = _authorize(ctx, request, principal, ask.model)
+    estimate = ask.text_bytes // 4 + 1
+    # The key's limits first, counting nothing: a refused key causes no I/O at all.
+    _decide(ctx, principal, _resources(ctx, spec, None), ask, ask.route, estimate, dry_run=True)
+    try:
+        async with asyncio.timeout_at(deadline):
+            if not spec.on_disk:
+                state = request.scope.setdefault("state", {})
+                spec, admission = await _hub_model(ctx, principal, spec, ask, state)
+                try:
+                    tokens = await tokenize(ctx, spec, ask)
+                except BaseException:
+                    admission.release()
+                    raise
+            else:
+                tokens = await tokenize(ctx, spec, ask)
+                prompt_tokens = len(tokens) if tokens is not None else estimate
+                admission = _decide(
+                    ctx, principal, _resources(ctx, spec, None), ask, ask.route, prompt_tokens
+                )
+    except TimeoutError:
+        raise RequestTimeout("The request took longer than the gateway allows.") from None
+    admission.scope_state = request.scope.setdefault("state", {})
+    call = _call(ctx, principal, spec, ask, admission, tokens)
+    return Admitted(admission, call, spec, deadline)
+
+
+async def count_tokens(request: Request[Any, Any, Any], ask: Ask) -> int:
+    """The prompt's tokens with the model's own tokenizer and chat template: a request
+    like any other (authorized, rate limited, a usage row), but it never loads or
+    downloads anything and generates nothing."""
+    ctx = context(request)
+    principal = principal_of(request)
+    spec = ctx.resolve_model(ask.model)
+    request.scope.setdefault("state", {})["model"] = "other"
+    if not model_allowed(principal, spec.id):
+        raise PermissionDenied(
+            f"This key may not use model {spec.id}.", code="model_not_allowed", param="model"
+        )
+    request.scope["state"]["model"] = spec.id
+    if not spec.on_disk:
+        raise InvalidRequest(f"{spec.id} is not on disk: its tokenizer is not available.")
+    resources = replace(_resources(ctx, spec, None), loaded=True)  # nothing will load
+    admission = decide(
+        ctx, principal, resources, prompt_tokens=0, max_tokens=0, n=1, route=ask.route
+    )
+    assert admission is not None
+    admission.scope_state = request.scope["state"]
+    try:
+        counted = replace(ask, params=msgspec.structs.replace(ask.params, max_tokens=0))
+        tokens = await tokenize(ctx, spec, counted)
+        if tokens is None:
+            raise ModelUnavailable(f"{spec.id}'s tokenizer cannot be loaded.", retry_after=60)
+        await admission.record(0, 0, 200)
+        return len(tokens)
+    finally:
+        admission.release()
