@@ -29,7 +29,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import jwt
 from litestar.connection import ASGIConnection
@@ -151,7 +151,7 @@ def _bad_claims() -> AuthenticationFailed:
     return AuthenticationFailed("Invalid token claims.")
 
 
-def _is_string_list(value: object) -> bool:
+def _is_string_list(value: object) -> TypeGuard[list[str]]:
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
@@ -160,7 +160,7 @@ def _scope_claim(value: object) -> list[str]:
     if isinstance(value, str):
         return value.split()
     if _is_string_list(value):
-        return list(value)  # type: ignore[call-overload]
+        return list(value)
     raise _bad_claims()
 
 

@@ -96,6 +96,8 @@ def to_gateway_error(exc: Exception) -> GatewayError:
     if isinstance(exc, EngineError):
         return from_engine(exc)
     if isinstance(exc, HTTPException):
+        if "disconnected" in str(exc.detail):  # the client left mid-body: nobody to answer
+            return InvalidRequest("The client disconnected before the body was sent.")
         if exc.status_code == 404:
             return RouteNotFound("No such route.")
         if exc.status_code == 405:

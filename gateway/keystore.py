@@ -9,18 +9,24 @@ Secrets are never stored: only their SHA-256 (see ``gateway.keys``).
 from __future__ import annotations
 
 import asyncio
-import json
-import math
 import sqlite3
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from types import EllipsisType
 from typing import Any, TypeVar
 
-from gateway.keys import MAX_LIMIT, hash_secret, new_key, parse_key, verify
+from gateway.key_records import (
+    LIMIT_COLUMNS,
+    KeyRecord,
+    check_expiry,
+    check_limits,
+    check_models,
+    check_scopes,
+    record_of,
+)
+from gateway.keys import hash_secret, new_key, parse_key, verify
 from gateway.sqlite_writer import ReadPool, SQLiteWriter
-from policies.principal import SCOPES, Limits, Principal
+from policies.principal import SCOPES, Limits
 
 T = TypeVar("T")
 
@@ -75,88 +81,14 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-# Limits field -> keys column.
-LIMIT_COLUMNS = {
-    "requests_per_minute": "rpm",
-    "tokens_per_minute": "tpm",
-    "max_concurrent": "max_concurrent",
-    "tokens_per_day": "tokens_per_day",
-    "loads_per_hour": "loads_per_hour",
-    "download_bytes_per_day": "download_bytes_per_day",
-}
 _DUMMY_HASH = hash_secret("")  # compared against when the id is unknown, to take the same time
-
-
-@dataclass(frozen=True)
-class KeyRecord:
-    id: str
-    name: str
-    scopes: frozenset[str]
-    models: tuple[str, ...]
-    limits: Limits
-    created_at: float
-    expires_at: float | None
-    revoked_at: float | None
-
-    def principal(self) -> Principal:
-        return Principal(self.id, self.name, self.scopes, self.models, self.limits)
-
-    def active(self, now: float) -> bool:
-        """Not revoked and not expired."""
-        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
-
-
-def _record(row: sqlite3.Row) -> KeyRecord:
-    limits = Limits(**{field: row[column] for field, column in LIMIT_COLUMNS.items()})
-    return KeyRecord(
-        id=row["id"],
-        name=row["name"],
-        scopes=frozenset(s for s in row["scopes"].split(",") if s),
-        models=tuple(json.loads(row["models"])),
-        limits=limits,
-        created_at=row["created_at"],
-        expires_at=row["expires_at"],
-        revoked_at=row["revoked_at"],
-    )
-
-
-def _check_scopes(scopes: Iterable[str]) -> str:
-    if isinstance(scopes, str):
-        raise TypeError("scopes: give a collection of scope names, not one string")
-    chosen = set(scopes)
-    if not chosen or chosen - set(SCOPES):
-        raise ValueError(f"scopes: {sorted(chosen)} must be among {', '.join(SCOPES)}")
-    return ",".join(s for s in SCOPES if s in chosen)
-
-
-def _check_models(models: Iterable[str]) -> str:
-    if isinstance(models, str):
-        raise TypeError("models: give a collection of glob patterns, not one string")
-    globs = list(models)
-    if not globs or not all(isinstance(g, str) and g.strip() == g and g for g in globs):
-        raise ValueError(f"models: {globs!r} must be non-empty glob patterns")
-    return json.dumps(globs)
-
-
-def _check_limits(limits: Limits) -> list[int | None]:
-    values = [getattr(limits, field) for field in LIMIT_COLUMNS]
-    for field, value in zip(LIMIT_COLUMNS, values, strict=True):
-        if value is not None and (type(value) is not int or not 0 <= value <= MAX_LIMIT):
-            raise ValueError(f"{field}: {value!r} must be an integer in [0, {MAX_LIMIT}] or None")
-    return values
-
-
-def _check_expiry(expires_at: float | None) -> float | None:
-    if expires_at is not None and not math.isfinite(expires_at):
-        raise ValueError(f"expires_at: {expires_at!r} must be a finite time or None")
-    return expires_at
 
 
 def _fetch(conn: sqlite3.Connection, key_id: str) -> KeyRecord:
     row = conn.execute("SELECT * FROM keys WHERE id = ?", (key_id,)).fetchone()
     if row is None:
         raise KeyError(key_id)
-    return _record(row)
+    return record_of(row)
 
 
 class KeyStore:
@@ -224,8 +156,8 @@ class KeyStore:
     ) -> tuple[KeyRecord, str] | None:
         if not name.strip():
             raise ValueError("name: must not be empty")
-        row = [name, _check_scopes(scopes), _check_models(models), *_check_limits(limits)]
-        expires_at = _check_expiry(expires_at)
+        row = [name, check_scopes(scopes), check_models(models), *check_limits(limits)]
+        expires_at = check_expiry(expires_at)
         columns = ", ".join(["name", "scopes", "models", *LIMIT_COLUMNS.values()])
 
         def insert(conn: sqlite3.Connection) -> tuple[KeyRecord, str] | None:
@@ -257,7 +189,7 @@ class KeyStore:
         matches = verify(secret, row["secret_hash"] if row is not None else _DUMMY_HASH)
         if row is None or not matches:
             return None
-        record = _record(row)
+        record = record_of(row)
         return record if record.active(now) else None
 
     async def aauthenticate(self, presented: str, now: float) -> KeyRecord | None:
@@ -273,7 +205,7 @@ class KeyStore:
         rows = self._reads.read(
             lambda conn: conn.execute("SELECT * FROM keys ORDER BY created_at, id").fetchall()
         )
-        return [_record(row) for row in rows]
+        return [record_of(row) for row in rows]
 
     def count_keys(self) -> int:
         return int(self._scalar("SELECT COUNT(*) FROM keys"))
@@ -298,16 +230,16 @@ class KeyStore:
                 raise ValueError("name: must not be empty")
             changes["name"] = name
         if scopes is not None:
-            changes["scopes"] = _check_scopes(scopes)
+            changes["scopes"] = check_scopes(scopes)
         if models is not None:
-            changes["models"] = _check_models(models)
+            changes["models"] = check_models(models)
         if expires_at is not ...:
-            changes["expires_at"] = _check_expiry(expires_at)
+            changes["expires_at"] = check_expiry(expires_at)
         if limits:
             unknown = set(limits) - set(LIMIT_COLUMNS)
             if unknown:
                 raise ValueError(f"limits: unknown {sorted(unknown)}; known: {list(LIMIT_COLUMNS)}")
-            _check_limits(Limits(**limits))
+            check_limits(Limits(**limits))
             changes.update({LIMIT_COLUMNS[field]: value for field, value in limits.items()})
 
         def apply(conn: sqlite3.Connection) -> KeyRecord:
@@ -445,3 +377,6 @@ def ensure_admin_key(store: KeyStore, now: float) -> str | None:
     """
     created = store._create("admin", SCOPES, ("*",), Limits(), None, now, only_if_empty=True)
     return None if created is None else created[1]
+
+
+__all__ = ["LIMIT_COLUMNS", "MIGRATIONS", "KeyRecord", "KeyStore", "ensure_admin_key"]

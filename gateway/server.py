@@ -330,6 +330,7 @@ def serve(app: Any, settings: Settings) -> int:
         port=settings.server.port,
         log_level=settings.server.log_level,
         http=protocol_class(settings.server, cap, spare),
+        ws="none",  # no WebSocket routes: an upgrade request is an ordinary request
         backlog=max(16, min(2048, spare // 4)),
         timeout_graceful_shutdown=int(settings.engine.stop_timeout) + 1,
     )

@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from gateway.sizes import SettingsError, memory_budget_bytes, parse_size
+
 ENV_PREFIX = "GATEWAY_"
 CONFIG_ENV = "GATEWAY_CONFIG"
 
@@ -240,10 +242,6 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
 }
 
 
-class SettingsError(ValueError):
-    """Invalid configuration; the message names the field."""
-
-
 def field_docs() -> dict[str, str]:
     """Every setting as ``section.field`` (or ``field``) with its description."""
     docs: dict[str, str] = {}
@@ -372,37 +370,6 @@ def _check_auth(settings: Settings) -> None:
         raise SettingsError(f"auth.jwt_public_key_file: {auth.jwt_algorithm} needs a public key")
 
 
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
-_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_size(text: str, field: str) -> int:
-    """``"48GiB"``, ``"500 MB"`` or ``"1024"`` as bytes."""
-    cleaned = text.strip().lower().replace(" ", "")
-    number = cleaned.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = cleaned[len(number) :]
-    try:
-        value = float(number)
-    except ValueError:
-        raise SettingsError(f"{field}: {text!r} is not a size such as 48GiB") from None
-    if unit not in _UNITS or value < 0:
-        raise SettingsError(f"{field}: {text!r} is not a size such as 48GiB")
-    return int(value * _UNITS[unit])
-
-
-def memory_budget_bytes(text: str, *, physical: int) -> int:
-    """The memory budget: a fraction of ``physical`` (``"0.75"``) or a size."""
-    try:
-        fraction = float(text)
-    except ValueError:
-        return parse_size(text, "engine.memory_budget")
-    if 0 < fraction <= 1:
-        return int(fraction * physical)
-    if fraction > 1:
-        return int(fraction)
-    raise SettingsError(f"engine.memory_budget: {text!r} must be positive")
-
-
 def _describe(exc: msgspec.ValidationError) -> str:
     """Turn msgspec's "... - at `$.server.port`" into "server.port: ..."."""
     text = str(exc)
@@ -410,3 +377,14 @@ def _describe(exc: msgspec.ValidationError) -> str:
     if not sep:
         return text
     return f"{where.rstrip('`')}: {message}"
+
+
+__all__ = [
+    "Settings",
+    "SettingsError",
+    "field_docs",
+    "load_settings",
+    "memory_budget_bytes",
+    "parse_size",
+    "queue_per_key",
+]

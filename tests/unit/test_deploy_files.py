@@ -169,6 +169,27 @@ def test_launchd_plist_parses_and_keeps_the_gateway_running():
     assert plist["ProgramArguments"][-1] == "serve"
 
 
+# mlx-lm calls setrlimit(RLIMIT_NOFILE, (2048, 4096)) in every worker, which fails below.
+MIN_OPEN_FILES = 4096
+
+
+def test_launchd_plist_raises_the_open_files_limit():
+    with (DEPLOY / "com.mlx-gateway.plist").open("rb") as f:
+        plist = plistlib.load(f)
+    soft = plist["SoftResourceLimits"]["NumberOfFiles"]
+    hard = plist["HardResourceLimits"]["NumberOfFiles"]
+    assert MIN_OPEN_FILES <= soft <= hard
+    assert hard <= 10240  # within macOS's default kern.maxfilesperproc
+
+
+def test_systemd_unit_raises_the_open_files_limit():
+    text = (DEPLOY / "mlx-gateway.service").read_text()
+    service = text.partition("[Service]")[2].partition("\n[")[0]
+    (value,) = re.findall(r"^LimitNOFILE=(\d+)(?::(\d+))?$", service, re.MULTILINE)
+    soft, hard = int(value[0]), int(value[1] or value[0])
+    assert MIN_OPEN_FILES <= soft <= hard
+
+
 def test_systemd_unit_verifies():
     tool = shutil.which("systemd-analyze")
     if tool is None:
