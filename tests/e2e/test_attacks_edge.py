@@ -419,6 +419,20 @@ def test_scrapes_read_disk_gauges_that_a_background_task_refreshes(download_serv
 
 
 # -- 4b. A small open-files limit: shed with 503, never stop accepting ---------------------
+IDLE_HOLDER = """
+import socket, sys
+port, count = int(sys.argv[1]), int(sys.argv[2])
+held = []
+for _ in range(count):
+    try:
+        held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+    except OSError:
+        pass  # refused or reset by the cap: still one more try at the server
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
 class LimitedServer(GatewayServer):
     """``gateway serve`` started under RLIMIT_NOFILE = (soft, hard)."""
 
@@ -473,24 +487,40 @@ def health(server: GatewayServer) -> httpx.Response:
 def test_idle_connections_never_stop_the_server_accepting(tiny_models_dir, tmp_path):
     # mlx-lm raises its workers' limit to (2048, 4096) when imported and fails under a
     # lower hard limit, so 4096 is the smallest hard limit a gateway can run under.
+    # The idle sockets are held by helper processes, 2000 each: this process's own
+    # hard limit may be 4096 (mlx-lm lowers it when something here imports it).
     server = LimitedServer(tiny_models_dir, tmp_path, soft=256, hard=4096)
-    idle: list[socket.socket] = []
+    holders: list[subprocess.Popen[str]] = []
+
+    def hold(count: int) -> None:
+        holder = subprocess.Popen(
+            [sys.executable, "-c", IDLE_HOLDER, str(server.port), str(count)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        holders.append(holder)
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+
     try:
         assert server.nofile_limits() == (4096, 4096)  # the soft limit was raised
         cap = 4096 - 256
-        for _ in range(400):  # beyond the soft limit it was started with
-            idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+        hold(400)  # beyond the soft limit it was started with
         assert health(server).status_code == 200
-        for _ in range(cap + 300 - len(idle)):  # and beyond the cap
-            idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+        hold(2000)
+        hold(cap + 300 - 2400)  # and beyond the cap
         time.sleep(1.5)
         assert server.open_files() < 4096 - 64
         response = health(server)  # answered at once, never a hang
         error = assert_openai_error(response, 503)
         assert error["code"] == "server_busy" and response.headers["retry-after"] == "1"
+    except BaseException:
+        server.stop()
+        raise
     finally:
-        for sock in idle:
-            sock.close()
+        for holder in holders:
+            holder.kill()
+            holder.communicate()  # reaps it and closes its pipes
     try:
         deadline = time.monotonic() + 10
         while True:

@@ -464,14 +464,14 @@ class LocalHub:
                 if drop_at is not None:
                     stop = min(stop, drop_at)
                 if stop > sent:
-                    await send(
+                    self._count(repo_id, stop - sent, filename)  # handed over, even if the
+                    await send(  # client closes before the send returns
                         {
                             "type": "http.response.body",
                             "body": bytes(body[sent:stop]),
                             "more_body": True,
                         }
                     )
-                    self._count(repo_id, stop - sent, filename)
                     sent = stop
                 if drop_at is not None and sent >= drop_at:
                     raise _DropConnection(f"dropped {repo_id}/{filename} after {sent} bytes")
