@@ -86,20 +86,40 @@ def _authorize(
 ) -> ModelSpec:
     """Resolve the name and check the key's allowlist (and, for a hub model, every
     download check that needs no I/O); the label becomes the model's id only then."""
-    state = request.scope.setdefault("state", {})
-    state["model"] = "other"
+    spec = _allowed(ctx, request, principal, name, label=False)
+    if not spec.on_disk:
+        if spec.repo is None:
+            raise ModelUnavailable(f"{spec.id} is not on disk.")
+        hub.check_gate(ctx, principal, spec.repo)
+    _label(ctx, request, spec)
+    return spec
+
+
+def _allowed(
+    ctx: AppContext,
+    request: Request[Any, Any, Any],
+    principal: Principal,
+    name: str,
+    *,
+    label: bool = True,
+) -> ModelSpec:
+    """The model ``name`` resolves to, if the key's allowlist has it (else 403)."""
+    request.scope.setdefault("state", {})["model"] = "other"
     spec = ctx.resolve_model(name)
     if not model_allowed(principal, spec.id):
         raise PermissionDenied(
             f"This key may not use model {spec.id}.", code="model_not_allowed", param="model"
         )
-    if not spec.on_disk:
-        if spec.repo is None:
-            raise ModelUnavailable(f"{spec.id} is not on disk.")
-        hub.check_gate(ctx, principal, spec.repo)
-    if spec.id in ctx.store.specs:  # a hub repo gets its label once the hub knows it
-        state["model"] = spec.id
+    if label:
+        _label(ctx, request, spec)
     return spec
+
+
+def _label(ctx: AppContext, request: Request[Any, Any, Any], spec: ModelSpec) -> None:
+    """Name the model in metrics and logs: only a model the store knows, so callers
+    cannot mint label values (a hub repo gets its label once the hub knows it)."""
+    if spec.id in ctx.store.specs:
+        request.scope.setdefault("state", {})["model"] = spec.id
 
 
 def _resources(ctx: AppContext, spec: ModelSpec, need: MemoryNeed | None) -> ModelResources:
@@ -290,13 +310,7 @@ async def count_tokens(request: Request[Any, Any, Any], ask: Ask) -> int:
     downloads anything and generates nothing."""
     ctx = context(request)
     principal = principal_of(request)
-    spec = ctx.resolve_model(ask.model)
-    request.scope.setdefault("state", {})["model"] = "other"
-    if not model_allowed(principal, spec.id):
-        raise PermissionDenied(
-            f"This key may not use model {spec.id}.", code="model_not_allowed", param="model"
-        )
-    request.scope["state"]["model"] = spec.id
+    spec = _allowed(ctx, request, principal, ask.model)
     if not spec.on_disk:
         raise InvalidRequest(f"{spec.id} is not on disk: its tokenizer is not available.")
     resources = replace(_resources(ctx, spec, None), loaded=True)  # nothing will load

@@ -168,6 +168,12 @@ def test_names_that_are_not_hub_repos_answer_4xx_and_mint_no_metric_series(
 
         for model in ("evil-org/first", "mlx-community/absent-first"):  # one of each kind
             ask(server, key, model)
+            httpx.post(
+                server.base_url + "/v1/messages/count_tokens",
+                json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
+                headers={"x-api-key": key},
+                timeout=30,
+            )
         series()  # the scrape itself is counted once
         before = series()
         hub.reset_counters()
@@ -175,6 +181,13 @@ def test_names_that_are_not_hub_repos_answer_4xx_and_mint_no_metric_series(
             for model in (f"evil-org/x{i}", f"mlx-community/absent-{i}"):
                 response = ask(server, key, model)
                 assert response.status_code in (403, 404), response.text
+                counted = httpx.post(
+                    server.base_url + "/v1/messages/count_tokens",
+                    json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
+                    headers={"x-api-key": key},
+                    timeout=30,
+                )
+                assert counted.status_code == 400, counted.text  # not on disk: no tokenizer
         assert series() == before
         assert hub.bytes_sent() == 0
     finally:
