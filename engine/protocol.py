@@ -23,9 +23,71 @@ HEADER = struct.Struct(">I")
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 
 
+class ToolCall(msgspec.Struct, frozen=True):
+    """A call the assistant made: ``arguments`` is the JSON text of an object."""
+
+    id: str
+    name: str
+    arguments: str
+
+
 class ChatMessage(msgspec.Struct, frozen=True):
+    """One turn.  ``role`` is system, user, assistant or tool; an assistant turn may
+    carry ``tool_calls``; a tool turn answers the call ``tool_call_id`` (``name``: the
+    tool's name, where the client gave it)."""
+
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+class ToolSpec(msgspec.Struct, frozen=True):
+    """A function the model may call; ``parameters`` is its JSON schema, as JSON text."""
+
+    name: str
+    description: str = ""
+    parameters: str = '{"type": "object", "properties": {}}'
+
+
+ConstraintKind = Literal["json_schema", "json_object", "tool_call"]
+
+
+class Constraint(msgspec.Struct, frozen=True):
+    """What the output must be, enforced token by token.
+
+    ``json_schema``: one JSON value valid against ``schema`` (JSON text);
+    ``json_object``: any JSON object; ``tool_call``: a call to one of ``tools``
+    (names of ``OutputSpec.tools``), written as ``{"name": ..., "arguments": ...}``
+    with arguments valid against that tool's parameters, or, when ``parallel``, a
+    JSON array of one or more such calls.
+    """
+
+    kind: ConstraintKind
+    schema: str = ""
+    tools: tuple[str, ...] = ()
+    parallel: bool = False
+
+
+class OutputSpec(msgspec.Struct, frozen=True):
+    """How the prompt is rendered and the output split, free of any wire format.
+
+    ``tools`` are rendered into the prompt by the chat template (or ``tool_format``'s
+    fallback rendering) and given to the parser; ``parse_tools`` splits tool calls
+    out of the text with the parser of ``tool_format`` (``None``: the one the
+    model's tokenizer names); ``reasoning`` turns the template's thinking switch on
+    or off (``None``: the model's default).
+    """
+
+    tools: tuple[ToolSpec, ...] = ()
+    tool_format: str | None = None
+    parse_tools: bool = False
+    constraint: Constraint | None = None
+    reasoning: bool | None = None
+
+
+PLAIN_OUTPUT = OutputSpec()
 
 
 class SamplingParams(msgspec.Struct, frozen=True):
@@ -40,6 +102,7 @@ class SamplingParams(msgspec.Struct, frozen=True):
     frequency_penalty: float = 0.0
     logit_bias: dict[int, float] = {}
     top_k: int = 0
+    logprobs: int | None = None  # None: none; else the top alternatives per token (0-20)
 
 
 # --- gateway -> worker -------------------------------------------------------
@@ -66,6 +129,7 @@ class Generate(msgspec.Struct, tag=True, frozen=True):
     prompt: str | None = None
     tokens: tuple[int, ...] | None = None
     partition: str = ""
+    output: OutputSpec = OutputSpec()
 
 
 class Cancel(msgspec.Struct, tag=True, frozen=True):
@@ -107,24 +171,61 @@ class Started(msgspec.Struct, tag=True, frozen=True):
     cached_tokens: int
 
 
-class Delta(msgspec.Struct, tag=True, frozen=True):
-    """New text; ``completion_tokens`` is the running count of generated tokens."""
+class CallDelta(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A piece of the ``index``-th tool call of a choice: its first piece has ``id``
+    and ``name``; later ones append to its JSON ``arguments``."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+class TopLogprob(msgspec.Struct, frozen=True, array_like=True):
+    token: str
+    logprob: float
+
+
+class TokenLogprob(msgspec.Struct, frozen=True, array_like=True):
+    """One generated token's log probability and its most likely alternatives."""
+
+    token_id: int
+    token: str
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
+
+
+class Delta(msgspec.Struct, tag=True, frozen=True, omit_defaults=True):
+    """New output; ``completion_tokens`` is the running count of generated tokens.
+    ``text`` is the answer, ``reasoning`` the model's thinking, ``calls`` pieces of
+    tool calls; ``logprobs`` covers the tokens generated since the last delta."""
 
     req_id: int
     text: str
     completion_tokens: int
+    reasoning: str = ""
+    calls: tuple[CallDelta, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
-FinishReason = Literal["stop", "length", "cancelled"]
+FinishReason = Literal["stop", "length", "cancelled", "tool_calls"]
 
 
-class Finished(msgspec.Struct, tag=True, frozen=True):
+class Finished(msgspec.Struct, tag=True, frozen=True, omit_defaults=True):
+    """The end of a generation, with the output held back until then.  ``tool_error``
+    says why tool markup could not be parsed (the call is then not reported)."""
+
     req_id: int
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
     text: str = ""
     stop_sequence: str | None = None  # the stop string that ended it, if one did
+    reasoning: str = ""
+    calls: tuple[CallDelta, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
+    reasoning_tokens: int = 0
+    tool_error: str | None = None
 
 
 FailureCode = Literal["context_length_exceeded", "invalid_request", "internal"]

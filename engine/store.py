@@ -28,6 +28,7 @@ class ModelSpec:
     context_length: int | None = None  # None: the model's own maximum
     repo: str | None = None
     revision: str | None = None
+    tool_format: str | None = None  # a fallback for a template without tool support
 
     @property
     def on_disk(self) -> bool:

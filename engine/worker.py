@@ -21,6 +21,7 @@ from pathlib import Path
 from engine.errors import GenerationFailed, ModelLoadFailed, RequestCancelled, WorkerCrashed
 from engine.protocol import (
     HEADER,
+    PLAIN_OUTPUT,
     Cancel,
     ChatMessage,
     Delta,
@@ -32,6 +33,7 @@ from engine.protocol import (
     Loaded,
     LoadFailed,
     LoadProgress,
+    OutputSpec,
     SamplingParams,
     Shutdown,
     Started,
@@ -120,6 +122,7 @@ class WorkerProcess:
         prompt: str | None = None,
         tokens: tuple[int, ...] | None = None,
         partition: str = "",
+        output: OutputSpec = PLAIN_OUTPUT,
     ) -> AsyncIterator[Started | Delta | Finished]:
         """Run one generation; leaving the iteration early cancels it in the worker."""
         req_id = next(_ids)
@@ -135,6 +138,7 @@ class WorkerProcess:
                     prompt=prompt,
                     tokens=tokens,
                     partition=partition,
+                    output=output,
                 )
             )
             while True:

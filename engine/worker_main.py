@@ -191,7 +191,9 @@ class Worker:
             if isinstance(event, Finished):
                 del self._active[req_id]
                 self.send(event)
-            elif isinstance(event, Delta) and event.text:
+            elif isinstance(event, Delta) and (
+                event.text or event.reasoning or event.calls or event.logprobs
+            ):
                 self.send(event)
 
 

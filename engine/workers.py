@@ -13,7 +13,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
-from engine.protocol import ChatMessage, Delta, Finished, Loaded, SamplingParams, Started
+from engine.protocol import (
+    PLAIN_OUTPUT,
+    ChatMessage,
+    Delta,
+    Finished,
+    Loaded,
+    OutputSpec,
+    SamplingParams,
+    Started,
+)
 
 
 class Worker(Protocol):
@@ -44,6 +53,7 @@ class Worker(Protocol):
         prompt: str | None = None,
         tokens: tuple[int, ...] | None = None,
         partition: str = "",
+        output: OutputSpec = PLAIN_OUTPUT,
     ) -> AsyncIterator[Started | Delta | Finished]: ...
 
     def cancel_all(self, reason: str) -> int: ...

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
+from engine.bundled import BUNDLED_ID, BUNDLED_TOOL_FORMAT
 from engine.discovery import discover_hf_cache
 from engine.store import ModelSpec, ModelStore, discover
 from gateway.settings import Settings
@@ -38,8 +40,12 @@ def build_store(settings: Settings) -> ModelStore:
                 context_length=entry.context_length,
                 repo=entry.repo or None,
                 revision=entry.revision if entry.repo else None,
+                tool_format=entry.tool_format,
             )
         )
+    bundled = store.specs.get(BUNDLED_ID)
+    if bundled is not None and bundled.tool_format is None:
+        store.add(replace(bundled, tool_format=BUNDLED_TOOL_FORMAT))
     store.alias("default", settings.models.default)
     for pattern, target in settings.models.aliases.items():
         store.alias(pattern, target)

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from litestar.response import Stream
 
 from engine.errors import EngineError
+from engine.protocol import TokenLogprob, ToolCall
 from engine.registry import ModelState
 from gateway.admission import Admission
 from gateway.context import AppContext
@@ -35,14 +36,58 @@ class Counts:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
+    reasoning_tokens: int = 0
+
+
+@dataclass
+class Choice:
+    """One choice's whole output, assembled from its pieces."""
+
+    text: str = ""
+    reasoning: str = ""
+    calls: list[ToolCall] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str = "stop"
+    stop_sequence: str | None = None
+    tool_error: str | None = None
+    reasoning_tokens: int = 0
+
+    def add(self, item: TextOut) -> None:
+        self.text += item.text
+        self.reasoning += item.reasoning
+        self.logprobs.extend(item.logprobs)
+        for piece in item.calls:
+            if piece.name is not None:
+                self.calls.append(ToolCall(piece.id or "", piece.name, piece.arguments))
+            elif self.calls:
+                last = self.calls[-1]
+                self.calls[-1] = ToolCall(last.id, last.name, last.arguments + piece.arguments)
+
+    def end(self, item: ChoiceEnd) -> None:
+        self.finish_reason = item.finish_reason
+        self.stop_sequence = item.stop_sequence
+        self.tool_error = item.tool_error
+        self.reasoning_tokens = item.reasoning_tokens
+        if item.tool_error is not None:
+            self.calls = []  # a call that did not parse is reported, never half-sent
 
 
 @dataclass(frozen=True)
 class Completed:
-    texts: list[str]
-    finish_reasons: list[str]
+    choices: list[Choice]
     counts: Counts
-    stop_sequences: list[str | None]
+
+    @property
+    def texts(self) -> list[str]:
+        return [c.text for c in self.choices]
+
+    @property
+    def finish_reasons(self) -> list[str]:
+        return [c.finish_reason for c in self.choices]
+
+    @property
+    def stop_sequences(self) -> list[str | None]:
+        return [c.stop_sequence for c in self.choices]
 
 
 class Renderer(Protocol):
@@ -50,7 +95,7 @@ class Renderer(Protocol):
 
     def opening(self, counts: Counts) -> list[bytes]: ...
 
-    def text(self, index: int, text: str) -> bytes: ...
+    def output(self, item: TextOut) -> list[bytes]: ...
 
     def choice_end(self, end: ChoiceEnd, counts: Counts) -> list[bytes]: ...
 
@@ -62,7 +107,12 @@ class Renderer(Protocol):
 
 
 def counts_of(session: InferenceSession) -> Counts:
-    return Counts(session.prompt_tokens, session.completion_tokens, session.cached_tokens)
+    return Counts(
+        session.prompt_tokens,
+        session.completion_tokens,
+        session.cached_tokens,
+        session.reasoning_tokens,
+    )
 
 
 async def start(ctx: AppContext, admitted: Admitted) -> InferenceSession:
@@ -83,19 +133,16 @@ async def complete(ctx: AppContext, admitted: Admitted) -> Completed:
     call, admission = admitted.call, admitted.admission
     try:
         session = await start(ctx, admitted)
-        texts = [""] * call.n
-        reasons = ["stop"] * call.n
-        stops: list[str | None] = [None] * call.n
+        choices = [Choice() for _ in range(call.n)]
         async for item in session.events(admitted.deadline):
             if isinstance(item, TextOut):
                 admission.mark_first_token()
-                texts[item.index] += item.text
+                choices[item.index].add(item)
             else:
-                reasons[item.index] = item.finish_reason
-                stops[item.index] = item.stop_sequence
+                choices[item.index].end(item)
         counts = counts_of(session)
         await admission.record(counts.prompt_tokens, counts.completion_tokens, 200)
-        return Completed(texts, reasons, counts, stops)
+        return Completed(choices, counts)
     except EngineError as exc:
         error = from_engine(exc)
         if session is not None:
@@ -120,9 +167,9 @@ async def _frames(
             yield frame
         async for item in session.events(deadline):
             if isinstance(item, TextOut):
-                if item.text:
-                    admission.mark_first_token()
-                    yield renderer.text(item.index, item.text)
+                admission.mark_first_token()
+                for frame in renderer.output(item):
+                    yield frame
             elif isinstance(item, ChoiceEnd):
                 for frame in renderer.choice_end(item, counts_of(session)):
                     yield frame

@@ -17,7 +17,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from engine.errors import EngineError, GenerationFailed
-from engine.protocol import ChatMessage, Delta, Finished, SamplingParams, Started
+from engine.protocol import (
+    PLAIN_OUTPUT,
+    CallDelta,
+    ChatMessage,
+    Delta,
+    Finished,
+    OutputSpec,
+    SamplingParams,
+    Started,
+    TokenLogprob,
+)
 from engine.registry import Lease, Registry
 
 log = logging.getLogger("gateway.inference")
@@ -41,12 +51,18 @@ class InferenceCall:
     tokens: tuple[int, ...] | None = None
     partition: str = ""
     may_load: bool = True
+    output: OutputSpec = PLAIN_OUTPUT
 
 
 @dataclass(frozen=True)
 class TextOut:
+    """New output of one choice: answer text, reasoning, tool-call pieces, logprobs."""
+
     index: int
     text: str
+    reasoning: str = ""
+    calls: tuple[CallDelta, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -55,6 +71,8 @@ class ChoiceEnd:
     finish_reason: str
     completion_tokens: int
     stop_sequence: str | None = None
+    reasoning_tokens: int = 0
+    tool_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +91,7 @@ class InferenceSession:
         self.prompt_tokens = 0
         self.cached_tokens = 0
         self._generated = [0] * call.n  # per choice, as the worker reports them
+        self.reasoning_tokens = 0
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._run_choice(i)) for i in range(call.n)]
         for task in self._tasks:
@@ -87,22 +106,30 @@ class InferenceSession:
                 prompt=call.prompt,
                 tokens=call.tokens,
                 partition=call.partition,
+                output=call.output,
             ):
                 if isinstance(event, Started):
                     self._queue.put_nowait(event)
                 elif isinstance(event, Delta):
                     self._generated[index] = event.completion_tokens
-                    self._queue.put_nowait(TextOut(index, event.text))
+                    self._queue.put_nowait(
+                        TextOut(index, event.text, event.reasoning, event.calls, event.logprobs)
+                    )
                 elif isinstance(event, Finished):
                     self._generated[index] = event.completion_tokens
-                    if event.text:
-                        self._queue.put_nowait(TextOut(index, event.text))
+                    self.reasoning_tokens += event.reasoning_tokens
+                    if event.text or event.reasoning or event.calls or event.logprobs:
+                        self._queue.put_nowait(
+                            TextOut(index, event.text, event.reasoning, event.calls, event.logprobs)
+                        )
                     self._queue.put_nowait(
                         ChoiceEnd(
                             index,
                             event.finish_reason,
                             event.completion_tokens,
                             event.stop_sequence,
+                            event.reasoning_tokens,
+                            event.tool_error,
                         )
                     )
         except EngineError as exc:

@@ -27,10 +27,27 @@ class TextPart(msgspec.Struct, frozen=True):
     text: str
 
 
+FunctionName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+MAX_TOOLS = 128
+
+
+class FunctionCallIn(msgspec.Struct, frozen=True):
+    name: FunctionName
+    arguments: Annotated[str, Meta(max_length=1_000_000)] = "{}"
+
+
+class ToolCallIn(msgspec.Struct, frozen=True):
+    id: Annotated[str, Meta(min_length=1, max_length=256)]
+    function: FunctionCallIn
+    type: Literal["function"] = "function"
+
+
 class ChatMessageIn(msgspec.Struct, frozen=True):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
-    name: str | None = None
+    name: Annotated[str, Meta(max_length=256)] | None = None
+    tool_calls: Annotated[list[ToolCallIn], Meta(max_length=MAX_TOOLS)] | None = None
+    tool_call_id: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -71,24 +88,71 @@ class SamplingFields(msgspec.Struct, frozen=True, kw_only=True):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
 
+class FunctionDef(msgspec.Struct, frozen=True):
+    name: FunctionName
+    description: Annotated[str, Meta(max_length=16_384)] = ""
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolIn(msgspec.Struct, frozen=True):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(msgspec.Struct, frozen=True):
+    name: FunctionName
+
+
+class NamedToolChoice(msgspec.Struct, frozen=True):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class TextFormat(msgspec.Struct, frozen=True, tag="text", tag_field="type"):
+    pass
+
+
+class JsonObjectFormat(msgspec.Struct, frozen=True, tag="json_object", tag_field="type"):
+    pass
+
+
+class JsonSchemaSpec(msgspec.Struct, frozen=True):
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    schema: dict[str, Any] | None = None
+    description: str | None = None
+    strict: bool | None = None
+
+
+class JsonSchemaFormat(msgspec.Struct, frozen=True, tag="json_schema", tag_field="type"):
+    json_schema: JsonSchemaSpec
+
+
+class TemplateKwargs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    enable_thinking: bool | None = None
+
+
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
+
+
 class ChatCompletionRequest(SamplingFields, frozen=True, kw_only=True):
     messages: Annotated[list[ChatMessageIn], Meta(min_length=1)]
     max_completion_tokens: PositiveInt | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any | None = None
+    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
+    tools: Annotated[list[ToolIn], Meta(max_length=MAX_TOOLS)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     functions: list[Any] | None = None
-    response_format: dict[str, Any] | None = None
+    function_call: Any | None = None
+    response_format: TextFormat | JsonObjectFormat | JsonSchemaFormat | None = None
+    reasoning_effort: ReasoningEffort | None = None
+    chat_template_kwargs: TemplateKwargs | None = None
 
     def unsupported(self) -> str | None:
         """The first field set that the gateway does not implement, if any."""
-        if self.logprobs or self.top_logprobs:
-            return "logprobs"
-        if self.tools or self.functions or self.tool_choice not in (None, "none"):
-            return "tools"
-        if self.response_format and self.response_format.get("type") not in (None, "text"):
-            return "response_format"
+        if self.functions is not None or self.function_call is not None:
+            return "functions"
         return None
 
 
@@ -96,7 +160,7 @@ class CompletionRequest(SamplingFields, frozen=True, kw_only=True):
     prompt: str | Annotated[list[str], Meta(min_length=1, max_length=1)]
     echo: bool = False
     suffix: str | None = None
-    logprobs: int | None = None
+    logprobs: Annotated[int, Meta(ge=0, le=5)] | None = None
     best_of: int | None = None
 
     def prompt_text(self) -> str:
@@ -105,8 +169,6 @@ class CompletionRequest(SamplingFields, frozen=True, kw_only=True):
     def unsupported(self) -> str | None:
         if self.suffix:
             return "suffix"
-        if self.logprobs is not None:
-            return "logprobs"
         if self.best_of not in (None, 1):
             return "best_of"
         return None
@@ -119,24 +181,65 @@ class PromptTokensDetails(msgspec.Struct, frozen=True):
     cached_tokens: int
 
 
+class CompletionTokensDetails(msgspec.Struct, frozen=True):
+    reasoning_tokens: int
+
+
 class Usage(msgspec.Struct, frozen=True):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: PromptTokensDetails | None = None
+    completion_tokens_details: CompletionTokensDetails | None = None
 
 
-class AssistantMessage(msgspec.Struct, frozen=True):
-    content: str
-    role: str = "assistant"
+class FunctionCallOut(msgspec.Struct, frozen=True):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(msgspec.Struct, frozen=True):
+    id: str
+    function: FunctionCallOut
+    type: str = "function"
+
+
+class AssistantMessage(msgspec.Struct, frozen=True, omit_defaults=True):
+    role: Literal["assistant"]
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None
+    reasoning_content: str | None = None
+
+
+class TopLogprobOut(msgspec.Struct, frozen=True):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprobOut(msgspec.Struct, frozen=True):
+    token: str
+    logprob: float
+    bytes: list[int]
+    top_logprobs: list[TopLogprobOut]
+
+
+class ChoiceLogprobs(msgspec.Struct, frozen=True):
+    content: list[TokenLogprobOut]
     refusal: None = None
+
+
+class ChoiceError(msgspec.Struct, frozen=True):
+    message: str
+    type: str = "tool_call_error"
 
 
 class ChatChoice(msgspec.Struct, frozen=True):
     index: int
     message: AssistantMessage
     finish_reason: str
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
+    error: ChoiceError | None = None
 
 
 class ChatCompletion(msgspec.Struct, frozen=True):
@@ -149,16 +252,31 @@ class ChatCompletion(msgspec.Struct, frozen=True):
     system_fingerprint: str | None = None
 
 
+class FunctionDelta(msgspec.Struct, frozen=True, omit_defaults=True):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(msgspec.Struct, frozen=True, omit_defaults=True):
+    index: int
+    id: str | None = None
+    type: str | None = None
+    function: FunctionDelta | None = None
+
+
 class ChatDelta(msgspec.Struct, frozen=True, omit_defaults=True):
     role: str | None = None
     content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(msgspec.Struct, frozen=True):
     index: int
     delta: ChatDelta
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
+    error: ChoiceError | None = None
 
 
 class ChatCompletionChunk(msgspec.Struct, frozen=True):
@@ -174,11 +292,18 @@ class ChatCompletionChunkWithUsage(ChatCompletionChunk, frozen=True):
     usage: Usage | None = None
 
 
+class TextLogprobs(msgspec.Struct, frozen=True):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[int]
+
+
 class TextChoice(msgspec.Struct, frozen=True):
     index: int
     text: str
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: TextLogprobs | None = None
 
 
 class TextCompletion(msgspec.Struct, frozen=True):

@@ -25,9 +25,10 @@ from typing import Any
 import msgspec
 from litestar import Request
 
+from engine.chat import ToolsNotSupported, uses_tools
 from engine.downloads import DownloadPlan
 from engine.memory import MemoryEstimateError, MemoryNeed
-from engine.protocol import ChatMessage, SamplingParams
+from engine.protocol import PLAIN_OUTPUT, ChatMessage, OutputSpec, SamplingParams
 from engine.store import ModelSpec
 from gateway import hub
 from gateway.admission import Admission, decide, is_loaded
@@ -59,11 +60,19 @@ class Ask:
     n: int = 1
     messages: tuple[ChatMessage, ...] | None = None
     prompt: str | None = None
+    output: OutputSpec = PLAIN_OUTPUT
 
     @property
     def text_bytes(self) -> int:
+        """The UTF-8 bytes the prompt holds at least (tools are prompt text too)."""
+        tools = sum(len(t.description.encode()) + len(t.parameters) for t in self.output.tools)
         if self.messages is not None:
-            return sum(len(m.content.encode()) + len(m.role) for m in self.messages)
+            return tools + sum(
+                len(m.content.encode())
+                + len(m.role)
+                + sum(len(c.arguments.encode()) + len(c.name) for c in m.tool_calls)
+                for m in self.messages
+            )
         return len((self.prompt or "").encode())
 
 
@@ -150,6 +159,51 @@ def _too_long(message: str) -> InvalidRequest:
     return InvalidRequest(message, param="messages", code="context_length_exceeded")
 
 
+async def check_constraint(ctx: AppContext, ask: Ask) -> None:
+    """400 ``unsupported_schema`` when the engine cannot enforce the output constraint
+    (checked on the tokenizer threads: a large schema takes CPU time to compile)."""
+    output = ask.output
+    if output.constraint is None or ctx.tokenizers is None:
+        return
+    try:
+        message = await ctx.tokenizers.check_constraint(output.constraint, output.tools)
+    except TokenizerBusy:
+        raise ServerBusy(
+            "The gateway's tokenizers are busy; retry shortly.", retry_after=1
+        ) from None
+    if message is not None:
+        param = "tool_choice" if output.constraint.kind == "tool_call" else "response_format"
+        raise InvalidRequest(
+            f"The output constraint cannot be enforced: {message}",
+            param=param,
+            code="unsupported_schema",
+        )
+
+
+async def shape_output(ctx: AppContext, spec: ModelSpec, ask: Ask) -> Ask:
+    """The ask with its tool format resolved for this model; 400 ``tools_not_supported``
+    when the model can render no tools."""
+    output = ask.output
+    if ask.messages is None or not uses_tools(ask.messages, output):
+        return ask
+    if ctx.tokenizers is None:
+        return ask
+    try:
+        fmt = await ctx.tokenizers.tool_format(spec.path, spec.tool_format)
+    except ToolsNotSupported as exc:
+        raise InvalidRequest(
+            f"{spec.id} does not support tools: {exc}.", param="tools", code="tools_not_supported"
+        ) from None
+    except TokenizerBusy:
+        raise ServerBusy(
+            "The gateway's tokenizers are busy; retry shortly.", retry_after=1
+        ) from None
+    except Exception as exc:  # no usable tokenizer: the model's load reports why
+        log.warning("cannot read the tool format of %s (%s): the worker will", spec.id, exc)
+        return replace(ask, output=msgspec.structs.replace(output, tool_format=spec.tool_format))
+    return replace(ask, output=msgspec.structs.replace(output, tool_format=fmt))
+
+
 async def tokenize(ctx: AppContext, spec: ModelSpec, ask: Ask) -> tuple[int, ...] | None:
     """The prompt's token ids, exactly as the worker would compute them, from the
     gateway's own tokenizer pool; a prompt that cannot fit the model's context is
@@ -165,7 +219,7 @@ async def tokenize(ctx: AppContext, spec: ModelSpec, ask: Ask) -> tuple[int, ...
         if room < 1 or not await ctx.tokenizers.fits(spec.path, ask.text_bytes, room):
             raise _too_long(f"the prompt cannot fit: {what}")
         if ask.messages is not None:
-            ids = await ctx.tokenizers.chat(spec.path, ask.messages)
+            ids = await ctx.tokenizers.chat(spec.path, ask.messages, ask.output)
         else:
             ids = await ctx.tokenizers.text(spec.path, ask.prompt or "")
     except TokenizerBusy:
@@ -207,6 +261,7 @@ def _call(
         tokens=tokens,
         partition=ctx.cache_partition(principal.key_id),
         may_load=principal.has("load"),
+        output=ask.output,
     )
 
 
@@ -283,15 +338,18 @@ async def admit(request: Request[Any, Any, Any], ask: Ask) -> Admitted:
     _decide(ctx, principal, _resources(ctx, spec, None), ask, ask.route, estimate, dry_run=True)
     try:
         async with asyncio.timeout_at(deadline):
+            await check_constraint(ctx, ask)
             if not spec.on_disk:
                 state = request.scope.setdefault("state", {})
                 spec, admission = await _hub_model(ctx, principal, spec, ask, state)
                 try:
+                    ask = await shape_output(ctx, spec, ask)
                     tokens = await tokenize(ctx, spec, ask)
                 except BaseException:
                     admission.release()
                     raise
             else:
+                ask = await shape_output(ctx, spec, ask)
                 tokens = await tokenize(ctx, spec, ask)
                 prompt_tokens = len(tokens) if tokens is not None else estimate
                 admission = _decide(

@@ -71,6 +71,7 @@ class CatalogueEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pinned: bool = False
     keep_alive: float | None = None
     context_length: Annotated[int, Meta(ge=1)] | None = None
+    tool_format: Literal["json_tools"] | None = None
 
 
 class ModelsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -89,7 +90,10 @@ class ModelsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ] = {}
     catalogue: Annotated[
         dict[str, CatalogueEntry],
-        _doc("Models by id: path or repo+revision, aliases, pinned, keep_alive, context_length."),
+        _doc(
+            "Models by id: path or repo+revision, aliases, pinned, keep_alive, "
+            "context_length, tool_format."
+        ),
     ] = {}
     default: Annotated[str, _doc("Catalogue id that the alias `default` and /ready refer to.")] = (
         "smollm2-135m-instruct"

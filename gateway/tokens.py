@@ -23,54 +23,25 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import importlib.util
 import json
 import math
-import os
-import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any, TypeVar
 
-from engine.chat import chat_tokens
-from engine.protocol import ChatMessage
+from engine import mlx_lm_files
+from engine.chat import chat_tokens, resolve_tool_format
+from engine.constraints import problem as constraint_problem
+from engine.protocol import PLAIN_OUTPUT, ChatMessage, Constraint, OutputSpec, ToolSpec
 
 T = TypeVar("T")
-
-_IMPORT_LOCK = threading.Lock()
-_modules: dict[str, ModuleType] = {}
 
 
 class TokenizerBusy(Exception):
     """As many tokenizing calls as the queue holds already wait or run (503 server_busy)."""
-
-
-def mlx_lm_module(name: str) -> ModuleType:
-    """``mlx_lm.<name>`` executed from its file alone, without the ``mlx_lm`` package
-    (whose ``__init__`` imports MLX); imported once, under the global import lock."""
-    with _IMPORT_LOCK:
-        module = _modules.get(name)
-        if module is not None:
-            return module
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        import transformers  # noqa: F401  (first, and only once, under the lock)
-
-        package = importlib.util.find_spec("mlx_lm")  # finds the package, imports nothing
-        if package is None or not package.submodule_search_locations:
-            raise ModuleNotFoundError("mlx_lm is not installed")
-        path = Path(package.submodule_search_locations[0], *name.split(".")).with_suffix(".py")
-        spec = importlib.util.spec_from_file_location(f"_gateway_mlx_lm.{name}", path)
-        if spec is None or spec.loader is None:
-            raise ModuleNotFoundError(f"mlx_lm.{name} is not at {path}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        _modules[name] = module
-        return module
 
 
 @dataclass(frozen=True)
@@ -83,14 +54,14 @@ class LoadedTokenizer:
 
 def load_tokenizer(model_dir: Path) -> LoadedTokenizer:
     """The tokenizer ``mlx_lm.load(model_dir)`` gives the worker, without MLX."""
-    utils = mlx_lm_module("tokenizer_utils")
+    utils = mlx_lm_files.module("tokenizer_utils")
     hf = utils.AutoTokenizer.from_pretrained(model_dir)
     chat_template = None
     kind = hf.init_kwargs.get("chat_template_type")
     if kind:  # as mlx_lm's tokenizer_utils.load: mlx-lm's own template for this model
         if not str(kind).isidentifier():
             raise ValueError(f"{model_dir}: bad chat_template_type {kind!r}")
-        chat_template = mlx_lm_module(f"chat_templates.{kind}").apply_chat_template
+        chat_template = mlx_lm_files.module(f"chat_templates.{kind}").apply_chat_template
     wrapper = utils.TokenizerWrapper(hf, chat_template=chat_template)
     return LoadedTokenizer(wrapper, bytes_per_token(hf))
 
@@ -173,9 +144,28 @@ class Tokenizers:
         self._lock = threading.Lock()  # guards _loaded and _dir_locks
         self.loads = 0  # tokenizers loaded so far (a reload after eviction counts again)
 
-    async def chat(self, model_dir: Path, messages: tuple[ChatMessage, ...]) -> list[int]:
+    async def chat(
+        self,
+        model_dir: Path,
+        messages: tuple[ChatMessage, ...],
+        output: OutputSpec = PLAIN_OUTPUT,
+    ) -> list[int]:
         """The prompt tokens the worker would compute for this conversation."""
-        return await self._run(lambda: chat_tokens(self._get(model_dir).tokenizer, messages))
+        return await self._run(
+            lambda: chat_tokens(self._get(model_dir).tokenizer, messages, output)
+        )
+
+    async def tool_format(self, model_dir: Path, fallback: str | None) -> str:
+        """The tool-call format of this model (``ToolsNotSupported`` if it has none)."""
+        return await self._run(
+            lambda: resolve_tool_format(self._get(model_dir).tokenizer, fallback)[0]
+        )
+
+    async def check_constraint(
+        self, constraint: Constraint, tools: tuple[ToolSpec, ...]
+    ) -> str | None:
+        """Why the engine cannot enforce ``constraint``, or ``None`` (compiles it)."""
+        return await self._run(lambda: constraint_problem(constraint, tools))
 
     async def text(self, model_dir: Path, prompt: str) -> list[int]:
         """The prompt tokens the worker would compute for a text completion."""

@@ -27,7 +27,7 @@ from gateway.anthropic_schema import (
 )
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.generation import Counts, complete, stream
-from gateway.inference import ChoiceEnd
+from gateway.inference import ChoiceEnd, TextOut
 from gateway.pipeline import Ask, context
 from gateway.responses import anthropic_body, decode_body
 
@@ -93,11 +93,13 @@ class AnthropicRenderer:
             self.keepalive(),
         ]
 
-    def text(self, index: int, text: str) -> bytes:
-        delta = {"type": "text_delta", "text": text}
-        return sse(
-            "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
-        )
+    def output(self, item: TextOut) -> list[bytes]:
+        if not item.text:
+            return []
+        delta = {"type": "text_delta", "text": item.text}
+        return [
+            sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+        ]
 
     def choice_end(self, end: ChoiceEnd, counts: Counts) -> list[bytes]:
         delta = {

@@ -12,14 +12,26 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from litestar import Request, Response, post
 from litestar.response import Stream
 
-from engine.protocol import ChatMessage, SamplingParams
 from gateway import pipeline
 from gateway.errors import GatewayError, InvalidRequest
-from gateway.generation import Counts, complete, stream
-from gateway.inference import ChoiceEnd
+from gateway.generation import Choice, Counts, complete, stream
+from gateway.inference import ChoiceEnd, TextOut
+from gateway.openai_codec import (
+    chat_logprobs,
+    choice_error,
+    finish_reason,
+    logprobs_request,
+    messages_of,
+    output_of,
+    sampling_params,
+    text_logprobs,
+    tool_calls_out,
+    usage_of,
+)
 from gateway.openai_schema import (
     AssistantMessage,
     ChatChoice,
@@ -30,71 +42,24 @@ from gateway.openai_schema import (
     ChatCompletionRequest,
     ChatDelta,
     CompletionRequest,
-    PromptTokensDetails,
-    SamplingFields,
+    FunctionDelta,
     TextChoice,
     TextCompletion,
+    ToolCallDelta,
     Usage,
 )
 from gateway.pipeline import Ask, context
 from gateway.responses import decode_body, error_body
-from gateway.settings import EngineSettings
 from gateway.sse import DONE, event
 
 
-def sampling_params(
-    req: SamplingFields, max_tokens: int | None, limits: EngineSettings
-) -> SamplingParams:
-    """The engine's sampling parameters from a validated request."""
-    if req.unsupported():  # type: ignore[attr-defined]
-        field = req.unsupported()  # type: ignore[attr-defined]
-        raise InvalidRequest(f"`{field}` is not supported by this gateway.", param=field)
-    if req.n > limits.max_choices:
-        raise InvalidRequest(f"`n` must be at most {limits.max_choices}.", param="n")
-    if max_tokens is not None and max_tokens > limits.max_tokens_limit:
-        raise InvalidRequest(
-            f"max_tokens must be at most {limits.max_tokens_limit}.", param="max_tokens"
-        )
-    bias: dict[int, float] = {}
-    for key, value in (req.logit_bias or {}).items():
-        # ASCII digits only ("²".isdigit() is true), and no id past any vocabulary.
-        if not (key.isascii() and key.isdigit()) or len(key) > 9:
-            raise InvalidRequest(
-                "logit_bias keys must be token ids inside the model's vocabulary.",
-                param="logit_bias",
-            )
-        bias[int(key)] = value
-    temperature = 1.0 if req.temperature is None else req.temperature
-    top_p = 1.0 if req.top_p is None else req.top_p
-    if top_p == 0:
-        temperature = 0.0
-    return SamplingParams(
-        max_tokens=max_tokens or limits.default_max_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        seed=req.seed,
-        stop=req.stops(),
-        presence_penalty=req.presence_penalty or 0.0,
-        frequency_penalty=req.frequency_penalty or 0.0,
-        logit_bias=bias,
-    )
-
-
-def usage_of(counts: Counts) -> Usage:
-    return Usage(
-        counts.prompt_tokens,
-        counts.completion_tokens,
-        counts.prompt_tokens + counts.completion_tokens,
-        PromptTokensDetails(counts.cached_tokens),
-    )
-
-
 class OpenAIRenderer:
-    """OpenAI's SSE frames; ``chunk`` builds one chunk of the route's object type."""
+    """OpenAI's SSE frames; ``chunk`` builds one chunk of the route's object type from
+    a choice index and its new output (``None``: the choice's end)."""
 
     def __init__(
         self,
-        chunk: Callable[[int, str | None, str | None], Any],
+        chunk: Callable[[int, TextOut | None, ChoiceEnd | None], Any],
         first: list[bytes],
         usage_chunk: Callable[[Usage], Any] | None,
     ) -> None:
@@ -105,11 +70,13 @@ class OpenAIRenderer:
     def opening(self, counts: Counts) -> list[bytes]:
         return self._first
 
-    def text(self, index: int, text: str) -> bytes:
-        return event(self._chunk(index, text, None))
+    def output(self, item: TextOut) -> list[bytes]:
+        if not (item.text or item.reasoning or item.calls or item.logprobs):
+            return []
+        return [event(self._chunk(item.index, item, None))]
 
     def choice_end(self, end: ChoiceEnd, counts: Counts) -> list[bytes]:
-        return [event(self._chunk(end.index, None, end.finish_reason))]
+        return [event(self._chunk(end.index, None, end))]
 
     def closing(self, counts: Counts) -> list[bytes]:
         frames = [event(self._usage_chunk(usage_of(counts)))] if self._usage_chunk else []
@@ -122,33 +89,72 @@ class OpenAIRenderer:
         return b": waiting for the model to load\n\n"
 
 
+def _delta(item: TextOut) -> ChatDelta:
+    calls = [
+        ToolCallDelta(
+            c.index,
+            c.id,
+            "function" if c.id else None,
+            FunctionDelta(c.name, c.arguments if c.arguments or c.name else None),
+        )
+        for c in item.calls
+    ]
+    return ChatDelta(
+        content=item.text or None,
+        reasoning_content=item.reasoning or None,
+        tool_calls=calls or None,
+    )
+
+
+def _message(choice: Choice) -> AssistantMessage:
+    calls = tool_calls_out(choice)
+    return AssistantMessage(
+        "assistant",
+        choice.text if choice.text or not calls else None,
+        tool_calls=calls,
+        reasoning_content=choice.reasoning or None,
+    )
+
+
 @post("/v1/chat/completions", status_code=200)
 async def chat_completions(request: Request) -> Response[Any] | Stream:
     ctx = context(request)
     req = decode_body(await request.body(), ChatCompletionRequest)
     params = sampling_params(req, req.max_completion_tokens or req.max_tokens, ctx.settings.engine)
-    messages = tuple(
-        ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in req.messages
-    )
+    params = msgspec.structs.replace(params, logprobs=logprobs_request(req))
     route = "/v1/chat/completions"
-    admitted = await pipeline.admit(request, Ask(route, req.model, params, req.n, messages))
+    ask = Ask(route, req.model, params, req.n, messages_of(req), output=output_of(req))
+    admitted = await pipeline.admit(request, ask)
     model = admitted.spec.id
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    with_logprobs = params.logprobs is not None
 
     if not req.stream:
         done = await complete(ctx, admitted)
         choices = [
-            ChatChoice(i, AssistantMessage(done.texts[i]), done.finish_reasons[i])
-            for i in range(req.n)
+            ChatChoice(
+                i,
+                _message(c),
+                finish_reason(c.finish_reason, c.tool_error),
+                chat_logprobs(c.logprobs) if with_logprobs else None,
+                choice_error(c.tool_error),
+            )
+            for i, c in enumerate(done.choices)
         ]
         return Response(ChatCompletion(ident, created, model, choices, usage_of(done.counts)))
 
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     chunk_type = ChatCompletionChunkWithUsage if include_usage else ChatCompletionChunk
 
-    def chunk(index: int, text: str | None, finish: str | None) -> Any:
-        delta = ChatDelta(content=text) if text is not None else ChatDelta()
-        return chunk_type(ident, created, model, [ChatChunkChoice(index, delta, finish)])
+    def chunk(index: int, item: TextOut | None, end: ChoiceEnd | None) -> Any:
+        if item is not None:
+            logprobs = chat_logprobs(item.logprobs) if with_logprobs and item.logprobs else None
+            choice = ChatChunkChoice(index, _delta(item), None, logprobs)
+        else:
+            assert end is not None
+            reason = finish_reason(end.finish_reason, end.tool_error)
+            choice = ChatChunkChoice(index, ChatDelta(), reason, None, choice_error(end.tool_error))
+        return chunk_type(ident, created, model, [choice])
 
     first = [
         event(chunk_type(ident, created, model, [ChatChunkChoice(i, ChatDelta("assistant", ""))]))
@@ -167,6 +173,7 @@ async def completions(request: Request) -> Response[Any] | Stream:
     ctx = context(request)
     req = decode_body(await request.body(), CompletionRequest)
     params = sampling_params(req, req.max_tokens or 16, ctx.settings.engine)
+    params = msgspec.structs.replace(params, logprobs=req.logprobs)
     prompt = req.prompt_text()
     if not prompt:
         raise InvalidRequest("prompt must not be empty.", param="prompt")
@@ -175,19 +182,40 @@ async def completions(request: Request) -> Response[Any] | Stream:
     model = admitted.spec.id
     ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     echo = prompt if req.echo else ""
+    top = req.logprobs or 0
 
     if not req.stream:
         done = await complete(ctx, admitted)
         choices = [
-            TextChoice(i, echo + done.texts[i], done.finish_reasons[i]) for i in range(req.n)
+            TextChoice(
+                i,
+                echo + c.text,
+                c.finish_reason,
+                text_logprobs(c.logprobs, len(echo), top) if req.logprobs is not None else None,
+            )
+            for i, c in enumerate(done.choices)
         ]
         return Response(TextCompletion(ident, created, model, choices, usage_of(done.counts)))
 
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    offsets = [len(echo)] * req.n
 
-    def chunk(index: int, text: str | None, finish: str | None) -> Any:
-        return TextCompletion(ident, created, model, [TextChoice(index, text or "", finish)])
+    def chunk(index: int, item: TextOut | None, end: ChoiceEnd | None) -> Any:
+        if item is None:
+            assert end is not None
+            choice = TextChoice(index, "", end.finish_reason)
+        else:
+            logprobs = None
+            if req.logprobs is not None and item.logprobs:
+                logprobs = text_logprobs(item.logprobs, offsets[index], top)
+            offsets[index] += len(item.text)
+            choice = TextChoice(index, item.text, None, logprobs)
+        return TextCompletion(ident, created, model, [choice])
 
-    first = [event(chunk(i, echo, None)) for i in range(req.n)] if echo else []
+    first = (
+        [event(TextCompletion(ident, created, model, [TextChoice(i, echo)])) for i in range(req.n)]
+        if echo
+        else []
+    )
     usage = (lambda u: TextCompletion(ident, created, model, [], u)) if include_usage else None
     return await stream(ctx, admitted, OpenAIRenderer(chunk, first, usage))

@@ -12,7 +12,16 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from engine.errors import ModelLoadFailed, RequestCancelled, WorkerCrashed
-from engine.protocol import ChatMessage, Delta, Finished, Loaded, SamplingParams, Started
+from engine.protocol import (
+    PLAIN_OUTPUT,
+    ChatMessage,
+    Delta,
+    Finished,
+    Loaded,
+    OutputSpec,
+    SamplingParams,
+    Started,
+)
 
 
 class FakeWorker:
@@ -52,6 +61,7 @@ class FakeWorker:
         prompt: str | None = None,
         tokens: tuple[int, ...] | None = None,
         partition: str = "",
+        output: OutputSpec = PLAIN_OUTPUT,
     ) -> AsyncIterator[Started | Delta | Finished]:
         self.in_flight += 1
         try:

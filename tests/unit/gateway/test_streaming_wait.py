@@ -15,7 +15,7 @@ pytestmark = pytest.mark.anyio
 
 
 class Session:
-    prompt_tokens = completion_tokens = cached_tokens = 0
+    prompt_tokens = completion_tokens = cached_tokens = reasoning_tokens = 0
 
     async def events(self, deadline=None):
         return
@@ -44,8 +44,8 @@ class Renderer:
     def opening(self, counts):
         return [b"open"]
 
-    def text(self, index, text):
-        return text.encode()
+    def output(self, item):
+        return [item.text.encode()]
 
     def choice_end(self, end, counts):
         return [b"end"]

@@ -208,9 +208,9 @@ async def test_tokenizing_runs_on_tokenize_threads_never_the_default_pool(
     names: list[str] = []
     real = tokens.chat_tokens
 
-    def recording(tokenizer: Any, messages: tuple[ChatMessage, ...]) -> list[int]:
+    def recording(tokenizer: Any, messages: tuple[ChatMessage, ...], *rest: Any) -> list[int]:
         names.append(threading.current_thread().name)
-        return real(tokenizer, messages)
+        return real(tokenizer, messages, *rest)
 
     monkeypatch.setattr(tokens, "chat_tokens", recording)
     loop = asyncio.get_running_loop()
