@@ -301,14 +301,12 @@ class Generation:
         self.completion_tokens += 1
         self.tokens.append(response.token)
         logprobs = self._logprob(response)
-        if self.splitter.in_reasoning:
-            self.reasoning_tokens += 1
         text = self.stops.feed(response.text)
         if self.stops.matched is not None:
             return self.finish("stop", text, stop_sequence=self.stops.matched, logprobs=logprobs)
         if response.finish_reason is not None:
             return self.finish(response.finish_reason, text + self.stops.flush(), logprobs=logprobs)
-        pieces = self.splitter.feed(text)
+        pieces = self._split(text)
         return Delta(
             self.req_id,
             pieces.text,
@@ -317,6 +315,15 @@ class Generation:
             tuple(pieces.calls),
             logprobs,
         )
+
+    def _split(self, text: str) -> Pieces:
+        """The token's text split; a token that opened, was or closed reasoning counts
+        as a reasoning token."""
+        before = self.splitter.in_reasoning
+        pieces = self.splitter.feed(text)
+        if before or self.splitter.in_reasoning or pieces.reasoning:
+            self.reasoning_tokens += 1
+        return pieces
 
     def _logprob(self, response: GenerationResponse) -> tuple[TokenLogprob, ...]:
         if self.logprobs is None:
@@ -353,7 +360,7 @@ class Generation:
             self.runner.remember(self.partition, self.tokens, self.cache)
         pieces = Pieces()
         if reason != "cancelled":
-            pieces.add(self.splitter.feed(text))
+            pieces.add(self._split(text))
             pieces.add(self.splitter.close())
         error = self.splitter.error
         if reason == "stop" and self.splitter.calls_made and error is None:

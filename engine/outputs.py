@@ -68,7 +68,7 @@ class OutputSplitter:
         self._region_text = ""
         self._calls = 0
         self._after_marker = False
-        self._space = ""  # whitespace after a call, sent only if more text follows
+        self._space = ""  # trailing whitespace: sent once more text follows, not before a call
         self.error: str | None = None
         if self._format is not None and self._format.name == FORCED:
             self._region = CallRegion(self._format, self._tools, 0)
@@ -92,100 +92,116 @@ class OutputSplitter:
         if self.in_reasoning:
             out.reasoning += held
         else:
-            self._answer(held, out)
+            while held:
+                held = self._answer(held, out)
         if self._region is not None:
-            self._finish_region(self._region_text + self._content, out)
-            self._content = ""
+            self._end_region(out)
         elif self._content:
-            out.text += self._space + self._content if self._content.strip() else ""
+            self._text_out(self._content, out)
             self._content = ""
+        if not self._calls:
+            out.text += self._space  # a plain answer keeps its own trailing space
+        self._space = ""
         return out
 
     # --- reasoning ---------------------------------------------------------------
 
     def _split_reasoning(self, out: Pieces) -> bool:
-        """Move what is known of ``_held`` on; False when the rest must wait."""
+        """Move what is known of ``_held`` on; False when the rest must wait.
+
+        Inside a call only its end marker counts (a ``<think>`` in an argument is
+        text); what follows the call is split again."""
         thinking = self._thinking
-        if thinking is None:
-            self._answer(self._held, out)
-            self._held = ""
-            return False
+        if thinking is None or (self._region is not None and not self.in_reasoning):
+            held, self._held = self._held, ""
+            self._held = self._answer(held, out)
+            return bool(self._held)
         marker = thinking.end if self.in_reasoning else thinking.start
         at = self._held.find(marker)
+        cut = at if at >= 0 else len(self._held) - _partial_suffix(self._held, marker)
+        ready, self._held = self._held[:cut], self._held[cut:]
+        was_open = self._region is not None
+        rest = self._emit_level(ready, out)
+        if rest or (self._region is not None and not was_open):  # a call ended or began
+            self._held = rest + self._held
+            return True
         if at < 0:
-            keep = _partial_suffix(self._held, marker)
-            ready, self._held = (
-                self._held[: len(self._held) - keep],
-                self._held[len(self._held) - keep :],
-            )
-            self._emit_level(ready, out)
             return False
-        self._emit_level(self._held[:at], out)
-        self._held = self._held[at + len(marker) :]
+        self._held = self._held[len(marker) :]
         self.in_reasoning = not self.in_reasoning
         self._after_marker = True
         return True
 
-    def _emit_level(self, text: str, out: Pieces) -> None:
+    def _emit_level(self, text: str, out: Pieces) -> str:
+        """Pass ``text`` on at the current level; returns what follows a call that ended."""
         if not text:
-            return
+            return ""
         if self._after_marker:  # the line breaks a model writes after <think>, </think>
             text = text.lstrip("\n")
             if not text:
-                return
+                return ""
             self._after_marker = False
         if self.in_reasoning:
             out.reasoning += text
-        else:
-            self._answer(text, out)
+            return ""
+        return self._answer(text, out)
 
     # --- tool calls ---------------------------------------------------------------
 
-    def _answer(self, text: str, out: Pieces) -> None:
+    def _answer(self, text: str, out: Pieces) -> str:
+        """Answer-level text, or a call's; returns what follows a call that ended in it."""
         fmt = self._format
         if fmt is None:
             out.text += text
-            return
+            return ""
         if self._region is not None:
-            self._grow_region(text, out)
-            return
+            return self._grow_region(text, out)
         self._content += text
-        while self._content and self._region is None:
-            at = self._content.find(fmt.start)
-            if at < 0:
-                keep = _partial_suffix(self._content, fmt.start)
-                ready = self._content[: len(self._content) - keep]
-                self._content = self._content[len(self._content) - keep :]
-                self._text_out(ready, out)
-                return
-            self._text_out(self._content[:at], out)
-            rest = self._content[at + len(fmt.start) :]
-            self._content = ""
-            self._region = CallRegion(fmt, self._tools, self._calls)
-            self._region_text = ""
-            self._grow_region(rest, out)
+        at = self._content.find(fmt.start)
+        if at < 0:
+            keep = _partial_suffix(self._content, fmt.start)
+            ready = self._content[: len(self._content) - keep]
+            self._content = self._content[len(self._content) - keep :]
+            self._text_out(ready, out)
+            return ""
+        self._text_out(self._content[:at], out)
+        self._space = ""  # the line break before a call is part of its markup
+        rest = self._content[at + len(fmt.start) :]
+        self._content = ""
+        self._region = CallRegion(fmt, self._tools, self._calls)
+        self._region_text = ""
+        return self._grow_region(rest, out)
 
     def _text_out(self, text: str, out: Pieces) -> None:
         if not text:
             return
-        if self._calls and not (self._space + text).strip():
-            self._space += text  # between or after calls: kept unless text follows
-            return
-        out.text += self._space + text
-        self._space = ""
+        combined = self._space + text
+        kept = combined.rstrip()
+        out.text += kept
+        self._space = combined[len(kept) :]
 
-    def _grow_region(self, text: str, out: Pieces) -> None:
+    def _grow_region(self, text: str, out: Pieces) -> str:
+        """Feed the open call; returns the text after its end marker, once seen."""
         assert self._region is not None
         self._region_text += text
         pieces, end = self._region.feed(self._region_text)
         out.calls.extend(pieces)
         if end is None:
-            return
+            return ""
         assert self._format is not None
         body, rest = self._region_text[:end], self._region_text[end + len(self._format.end) :]
         self._finish_region(body, out)
-        if self.error is None:
-            self._answer(rest, out)
+        return rest
+
+    def _end_region(self, out: Pieces) -> None:
+        """The output ended inside a call: cut off, unless the format's calls run to the end."""
+        assert self._region is not None and self._format is not None
+        if not self._format.end:
+            self._finish_region(self._region_text, out)
+            return
+        self._calls += len(self._region.calls)
+        self._region, self._region_text = None, ""
+        self._fail(f"the output ended inside it, before {self._format.end!r}")
 
     def _finish_region(self, body: str, out: Pieces) -> None:
         region, self._region = self._region, None
@@ -193,6 +209,10 @@ class OutputSplitter:
         try:
             out.calls.extend(region.finish(body))
         except ToolParseError as exc:
-            self.error = f"the model's tool call could not be parsed: {exc}"
+            self._fail(str(exc))
         self._calls += len(region.calls)
         self._region_text = ""
+
+    def _fail(self, reason: str) -> None:
+        if self.error is None:  # the first failure says why
+            self.error = f"the model's tool call could not be parsed: {reason}"

@@ -19,7 +19,8 @@ module says how the *inside* of a call grows, one of four ways:
     MiniCPM, Muse Spark, Kimi K3, LongCat).
 ``whole``
     The name is known from a header; the arguments only when the call ends
-    (pythonic, Gemma's).
+    (pythonic, Gemma's).  A header inside one of the format's string literals
+    (``quotes``: ``code="print(x)"``) is part of a value, not a call.
 
 ``FORCED`` is the engine's own format for constrained calls (``tool_choice``
 "required" or a named function): no markers, the whole output is the JSON of
@@ -53,6 +54,7 @@ class ToolFormat:
     header: re.Pattern[str] | None = None  # group 1: the function's name
     param_close: str = ""  # "params": closes one parameter
     call_close: str = ""  # "params": closes one call (added to parse a closed prefix)
+    quotes: tuple[str, ...] = ()  # "whole": string delimiters (in "..." a backslash escapes)
 
 
 _KIMI_K2 = r"(?:functions\.)?([^\s:<>|]+):\d+\s*<\|tool_call_argument_begin\|>\s*"
@@ -89,6 +91,8 @@ _HEADERS: dict[str, tuple[Streaming, str | None, str, str]] = {
     "gemma4": ("whole", r"call:([\w-]+)\{", "", ""),
 }
 
+_QUOTES = {"pythonic": ('"', "'"), "function_gemma": ("<escape>",), "gemma4": ('<|"|>',)}
+
 NAMES = tuple(_HEADERS)
 
 
@@ -113,6 +117,7 @@ def tool_format(name: str) -> ToolFormat:
         re.compile(header, re.DOTALL) if header else None,
         param_close,
         call_close,
+        _QUOTES.get(name, ()),
     )
 
 

@@ -118,6 +118,8 @@ class CallRegion:
         self._args_from = -1  # where the arguments value being streamed started
         self._search_from = 0  # header/whole: where the next header may start
         self._cut = 0  # params: the end of the closed prefix parsed last
+        self._quote: str | None = None  # whole: the string literal open at _quoted_to
+        self._quoted_to = 0
 
     # --- the public side -----------------------------------------------------
 
@@ -278,7 +280,7 @@ class CallRegion:
                 self._expect_key, self._key, self._value_start = True, None, -1
             elif depth == level and ch != ":" and self._key is not None and self._value_start < 0:
                 self._value_start = i  # a value at the call's level begins
-                if self._key in ARG_KEYS:
+                if self._key in ARG_KEYS and ch != '"':  # a JSON string: sent decoded, at the end
                     self._args_from = i
         if self._args_from >= 0 and self.calls:
             self._send(self.calls[-1], text[self._args_from : self._pos], out)
@@ -358,5 +360,22 @@ class CallRegion:
     def _advance_whole(self, text: str, out: list[CallDelta]) -> None:
         assert self.fmt.header is not None
         for match in self.fmt.header.finditer(text, self._search_from):
-            self._call(len(self.calls), out, match.group(1))
             self._search_from = match.end()
+            if not self._quoted(text, match.start()):  # not inside a string value
+                self._call(len(self.calls), out, match.group(1))
+
+    def _quoted(self, text: str, at: int) -> bool:
+        """Whether ``at`` lies inside one of the format's string literals."""
+        i, quote = self._quoted_to, self._quote
+        while i < at:
+            if quote is None:
+                quote = next((q for q in self.fmt.quotes if text.startswith(q, i)), None)
+                i += len(quote) if quote else 1
+            elif len(quote) == 1 and text[i] == "\\":
+                i += 2
+            elif text.startswith(quote, i):
+                i, quote = i + len(quote), None
+            else:
+                i += 1
+        self._quoted_to, self._quote = i, quote
+        return quote is not None

@@ -104,7 +104,7 @@ def _vocab_and_chain(
     scripts: list[tuple[str, list[str]]], added: list[str]
 ) -> tuple[dict[str, int], dict[int, int]]:
     """The vocabulary, and each token's successor, for scripts started after given tokens."""
-    vocab = {t: i for i, t in enumerate([*SPECIALS, *sorted(BYTE_SYMBOLS), "ĊĊ"])}
+    vocab = {t: i for i, t in enumerate([*SPECIALS, *sorted(BYTE_SYMBOLS), "ĊĊ", *added])}
     successor: dict[int, int] = {}
     for start, pieces in scripts:
         if "" in pieces:

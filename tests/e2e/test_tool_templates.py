@@ -1,0 +1,268 @@
+"""The template-and-parser path end to end: tiny models whose tokenizer carries a
+Qwen-style tool template (mlx-lm picks its ``json_tools`` parser) or Qwen3's
+thinking switch, and whose generation follows a script
+(``tests.support.scripted_model``), served by a real gateway to the OpenAI SDK.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from gateway.keystore import KeyStore
+from tests.support.server import REPO, GatewayServer
+
+WEATHER_CALL = [
+    "Let me check.",
+    '\n<tool_call>\n{"name": "get_weather", ',
+    '"arguments": {"city": ',
+    '"Paris", "unit": ',
+    '"celsius"}}',
+    "\n</tool_call>",
+    '\n<tool_call>\n{"name": "get_time", "arguments": {"timezone": "CET"}}\n</tool_call>',
+]
+BROKEN_CALL = [
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": ',
+    "Paris}}\n</tool_call>",
+]
+THINKING = [
+    "<think>",
+    "\nThe user wants the weather.",
+    "\n</think>",
+    "\n\nIt is sunny",
+    " in Paris.",
+]
+NO_THINKING = ["Sunny in Paris, without thinking."]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "unit": {"type": "string"}},
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "parameters": {"type": "object", "properties": {"timezone": {"type": "string"}}},
+        },
+    },
+]
+ASK = [{"role": "user", "content": "Weather and time in Paris?"}]
+
+
+def _build(models: Path, name: str, spec: dict, template: str) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.support.scripted_model",
+            str(models / name),
+            json.dumps(spec),
+            template,
+        ],
+        check=True,
+        cwd=REPO,
+    )
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
+    models = tmp_path_factory.mktemp("scripted-models")
+    _build(models, "qwen-tools", {"script": WEATHER_CALL}, "qwen_tools")
+    _build(models, "qwen-broken", {"script": BROKEN_CALL}, "qwen_tools")
+    spec = {"script": THINKING, "script_after_think_off": NO_THINKING}
+    _build(models, "qwen-think", spec, "qwen3_thinking")
+    for name in ("plain", "plain-cold"):
+        subprocess.run(
+            [sys.executable, "-m", "tests.support.tiny_model", str(models / name)],
+            check=True,
+            cwd=REPO,
+        )
+    gateway = GatewayServer(
+        models, tmp_path_factory.mktemp("scripted-data"), default_model="qwen-tools"
+    )
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture
+def sdk(server: GatewayServer) -> Iterator[openai.OpenAI]:
+    client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=server.admin_key)
+    yield client
+    client.close()
+
+
+def _assemble(chunks) -> tuple[str, str, dict[int, dict], list[str], dict]:
+    text, reasoning, calls, finishes, extra = "", "", {}, [], {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            delta = choice.delta
+            text += delta.content or ""
+            reasoning += (delta.model_extra or {}).get("reasoning_content") or ""
+            for piece in delta.tool_calls or []:
+                call = calls.setdefault(piece.index, {"name": None, "arguments": "", "pieces": 0})
+                if piece.function.name:
+                    assert not call["arguments"], "the name comes first"
+                    call["name"] = piece.function.name
+                if piece.function.arguments:
+                    call["arguments"] += piece.function.arguments
+                    call["pieces"] += 1
+            if choice.finish_reason:
+                finishes.append(choice.finish_reason)
+                extra = choice.model_extra or {}
+    return text, reasoning, calls, finishes, extra
+
+
+def test_template_tool_calls_are_parsed_out_of_the_text(sdk):
+    done = sdk.chat.completions.create(model="qwen-tools", messages=ASK, tools=TOOLS, max_tokens=40)
+    choice = done.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content == "Let me check."
+    first, second = choice.message.tool_calls
+    assert (first.function.name, json.loads(first.function.arguments)) == (
+        "get_weather",
+        {"city": "Paris", "unit": "celsius"},
+    )
+    assert (second.function.name, json.loads(second.function.arguments)) == (
+        "get_time",
+        {"timezone": "CET"},
+    )
+    assert first.id != second.id
+
+
+def test_template_tool_calls_stream_as_the_unstreamed_ones(sdk):
+    done = sdk.chat.completions.create(model="qwen-tools", messages=ASK, tools=TOOLS, max_tokens=40)
+    stream = sdk.chat.completions.create(
+        model="qwen-tools", messages=ASK, tools=TOOLS, max_tokens=40, stream=True
+    )
+    text, _, calls, finishes, _ = _assemble(stream)
+    assert text == "Let me check."
+    assert "<tool_call>" not in text
+    assert finishes == ["tool_calls"]
+    assert calls[0]["pieces"] > 1, "arguments stream while the model writes them"
+    assert [(c["name"], c["arguments"]) for c in calls.values()] == [
+        (c.function.name, c.function.arguments) for c in done.choices[0].message.tool_calls
+    ]
+
+
+def test_tool_choice_none_leaves_the_markup_unparsed_and_tools_unrendered(sdk):
+    with_tools = sdk.chat.completions.create(
+        model="qwen-tools", messages=ASK, tools=TOOLS, max_tokens=2
+    )
+    none = sdk.chat.completions.create(
+        model="qwen-tools", messages=ASK, tools=TOOLS, tool_choice="none", max_tokens=2
+    )
+    assert none.choices[0].message.tool_calls is None
+    assert none.usage.prompt_tokens < with_tools.usage.prompt_tokens
+
+
+def test_a_call_that_does_not_parse_is_reported_not_dropped(sdk):
+    done = sdk.chat.completions.create(
+        model="qwen-broken", messages=ASK, tools=TOOLS, max_tokens=40
+    )
+    choice = done.choices[0]
+    assert choice.finish_reason == "tool_call_error"
+    assert choice.message.tool_calls is None
+    assert "<tool_call>" not in (choice.message.content or "")
+    assert "could not be parsed" in choice.model_extra["error"]["message"]
+    stream = sdk.chat.completions.create(
+        model="qwen-broken", messages=ASK, tools=TOOLS, max_tokens=40, stream=True
+    )
+    _, _, _, finishes, extra = _assemble(stream)
+    assert finishes == ["tool_call_error"]
+    assert "could not be parsed" in extra["error"]["message"]
+
+
+def test_reasoning_is_separated_and_counted(sdk):
+    done = sdk.chat.completions.create(
+        model="qwen-think", messages=[{"role": "user", "content": "Weather?"}], max_tokens=40
+    )
+    message = done.choices[0].message
+    assert message.content == "It is sunny in Paris."
+    assert message.model_extra["reasoning_content"].strip() == "The user wants the weather."
+    assert "<think>" not in message.content
+    assert done.usage.completion_tokens_details.reasoning_tokens == 3
+    stream = sdk.chat.completions.create(
+        model="qwen-think",
+        messages=[{"role": "user", "content": "Weather?"}],
+        max_tokens=40,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text, reasoning, _, finishes, _ = _assemble(chunks)
+    assert (text, reasoning) == (message.content, message.model_extra["reasoning_content"])
+    assert chunks[-1].usage.completion_tokens_details.reasoning_tokens == 3
+
+
+@pytest.mark.parametrize(
+    "switch",
+    [
+        {"reasoning_effort": "none"},
+        {"extra_body": {"chat_template_kwargs": {"enable_thinking": False}}},
+    ],
+)
+def test_reasoning_can_be_switched_off_where_the_template_has_a_switch(sdk, switch):
+    done = sdk.chat.completions.create(
+        model="qwen-think",
+        messages=[{"role": "user", "content": "Weather?"}],
+        max_tokens=40,
+        **switch,
+    )
+    message = done.choices[0].message
+    assert message.content == "Sunny in Paris, without thinking."
+    assert (message.model_extra or {}).get("reasoning_content") is None
+    assert done.usage.completion_tokens_details.reasoning_tokens == 0
+
+
+def test_tools_on_a_model_without_tool_support_are_refused_before_it_loads(server):
+    key = server.create_key("tools-prober", scopes=("infer", "load"))
+    body = {"model": "plain-cold", "messages": ASK, "tools": TOOLS}
+    for extra in ({}, {"tool_choice": "required"}, {"stream": True}):
+        response = httpx.post(
+            server.base_url + "/v1/chat/completions",
+            json=body | extra,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
+        )
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["code"] == "tools_not_supported"
+        assert "plain-cold" in error["message"]
+    assert server.model("plain-cold")["state"] == "absent"  # never loaded
+    with KeyStore(server.data_dir / "gateway.db") as store:
+        rows = store.usage_summary(key_id=key.split("-")[1])
+    assert sum(row.get("completion_tokens", 0) for row in rows) == 0
+
+
+def test_tool_turns_without_tools_still_need_tool_support(server):
+    conversation = [
+        *ASK,
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "42"},
+    ]
+    response = httpx.post(
+        server.base_url + "/v1/chat/completions",
+        json={"model": "plain", "messages": conversation},
+        headers=server.headers,
+        timeout=30,
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "tools_not_supported"
