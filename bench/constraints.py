@@ -87,6 +87,7 @@ from serving import (
     DEFAULT_MODEL_DIR,
     BenchError,
     Endpoint,
+    _exit_on_sigterm,
     fmt,
     free_port,
     gateway_cmd,
@@ -566,10 +567,6 @@ def bench(
         warmups, samples = measure(runner, args.runs)
         progress("stopping the gateway")
     return summarize(warmups, samples), warmups, samples, runner.failures
-
-
-def _exit_on_sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)  # unwinds the ExitStack: the gateway gets stopped
 
 
 def main(argv: list[str] | None = None) -> int:
