@@ -6,14 +6,15 @@ reasoning text and tool-call pieces.  Text that may still turn out to be a
 marker (``<thi`` before ``nk>``) is held back until it is known, so markup never
 reaches the answer.  ``close`` ends the output and returns what was held back;
 ``error`` then says why a call could not be parsed (its pieces were not all
-sent, and the caller reports it).  The same text fed whole or piece by piece
+sent, and the caller reports it), or that the output ended inside a call,
+before its format's end marker.  The same text fed whole or piece by piece
 gives the same result, so a streamed answer equals an unstreamed one.
 
 Reasoning: between the tokenizer's thinking markers (``<think>``/``</think>``);
 a prompt that ends inside an open thinking block (templates that open it
 themselves) starts in reasoning.  Tool calls: between the format's markers
-(``engine.tool_formats``), only outside reasoning; in ``FORCED`` format the
-whole output is the call.
+(``engine.tool_formats``), only outside reasoning, and inside a call thinking
+markers are argument text; in ``FORCED`` format the whole output is the call.
 """
 
 from __future__ import annotations
@@ -194,9 +195,11 @@ class OutputSplitter:
         return rest
 
     def _end_region(self, out: Pieces) -> None:
-        """The output ended inside a call: cut off, unless the format's calls run to the end."""
+        """The output ended inside a call: cut off, unless the format's calls run to the end
+        or are JSON (whole JSON is a whole call: a model that ends its turn without
+        the end marker still made it; cut-off JSON does not parse)."""
         assert self._region is not None and self._format is not None
-        if not self._format.end:
+        if not self._format.end or self._format.streaming in ("json", "header"):
             self._finish_region(self._region_text, out)
             return
         self._calls += len(self._region.calls)

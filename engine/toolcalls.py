@@ -53,7 +53,7 @@ def _normalized(parsed: Any) -> list[tuple[str, Any]]:
     calls = parsed if isinstance(parsed, list) else [parsed]
     out = []
     for call in calls:
-        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str) or not call["name"]:
             raise ToolParseError(f"not a tool call: {call!r}"[:200])
         arguments: Any = next((call[k] for k in ARG_KEYS if k in call), {})
         if isinstance(arguments, str):
@@ -65,6 +65,15 @@ def _normalized(parsed: Any) -> list[tuple[str, Any]]:
             raise ToolParseError(f"the arguments of {call['name']} are not a JSON object")
         out.append((call["name"], arguments))
     return out
+
+
+def _json_string(literal: str) -> str | None:
+    """The value of a JSON string literal; None if it is not a valid one."""
+    try:
+        value = json.loads(literal)
+    except ValueError:
+        return None
+    return value if isinstance(value, str) else None
 
 
 def _pair(key: str, value: Any) -> str:
@@ -250,17 +259,17 @@ class CallRegion:
             value_string = not scan.in_string and ch == '"'
             closed_string = scan.step(ch, i)
             self._pos += 1
-            if not self._call_level and ch in "{[" and depth == 0:
+            if not self._call_level and ch in "{[" and depth == 0 and not scan.in_string:
                 self._call_level = 1 if ch == "{" else 2
             level = self._call_level
             if not level or ch.isspace():
                 continue
             if closed_string:
-                if depth == level:
-                    raw = json.loads(text[scan.string_start : i + 1])
+                if depth == level:  # not valid (None): the finish reports it
+                    raw = _json_string(text[scan.string_start : i + 1])
                     if self._expect_key:
                         self._key, self._expect_key = raw, False
-                    elif self._key == "name" and self._value_start == scan.string_start:
+                    elif self._key == "name" and self._value_start == scan.string_start and raw:
                         self._call(len(self.calls) - 1, out, raw)
                 continue
             if scan.in_string and not value_string:
@@ -268,7 +277,7 @@ class CallRegion:
             if ch == "{" and depth == level - 1:  # a call object opens
                 self._call(len(self.calls), out)
                 self._expect_key, self._key, self._value_start = True, None, -1
-            elif ch in "}]" and len(scan.stack) == level - 1 and ch == "}":  # it closes
+            elif ch == "}" and len(scan.stack) == level - 1 and self.calls:  # it closes
                 self._end_value(i, out)
                 self.calls[-1].closed = True
                 self._key = None
@@ -303,14 +312,13 @@ class CallRegion:
                 self._mode = "json"
                 return self._advance_json(out)
         while self._pos < len(text):
-            if self._args_from < 0:  # between calls: find the next header
+            if self._args_from < 0:  # between calls: the next header, before the end marker
                 assert self.fmt.header is not None
-                match = self.fmt.header.search(text, self._search_from)
+                end = self._header_end_marker()
+                stop = len(text) if end is None else end
+                match = self.fmt.header.search(text, self._search_from, stop)
                 if match is None or match.end() == len(text):
-                    end = self._header_end_marker()
-                    if end is not None:
-                        return end
-                    return None
+                    return end
                 self._call(len(self.calls), out, match.group(1))
                 self._pos = self._args_from = match.end()
             i = self._pos
