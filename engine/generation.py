@@ -326,8 +326,8 @@ class Generation:
         return pieces
 
     def _logprob(self, response: GenerationResponse) -> tuple[TokenLogprob, ...]:
-        if self.logprobs is None:
-            return ()
+        if self.logprobs is None or response.token in self.runner.tokenizer.eos_token_ids:
+            return ()  # the end of the turn is not part of the answer's tokens
         distribution = response.logprobs
         token = response.token
         top: tuple[TopLogprob, ...] = ()
