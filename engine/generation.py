@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
+import msgspec
 from mlx_lm import load as mlx_load
 from mlx_lm.generate import GenerationResponse, stream_generate
 from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache, trim_prompt_cache
@@ -51,7 +52,7 @@ class InvalidGeneration(ValueError):
 
 
 class PromptTooLong(InvalidGeneration):
-    """The prompt (plus max_tokens) does not fit the model's context."""
+    """The prompt leaves no room in the model's context for a single token."""
 
 
 def seeded_sampler(
@@ -233,12 +234,15 @@ class ModelRunner:
         prompt = self.prompt_tokens(request)
         if not prompt:
             raise PromptTooLong("the prompt is empty")
-        if len(prompt) + request.params.max_tokens > self.context_length:
+        room = self.context_length - len(prompt)
+        if room < 1:
             raise PromptTooLong(
-                f"the prompt has {len(prompt)} tokens and max_tokens is "
-                f"{request.params.max_tokens}: together more than the model's "
+                f"the prompt has {len(prompt)} tokens: it leaves no room in the model's "
                 f"context of {self.context_length} tokens"
             )
+        if request.params.max_tokens > room:  # max_tokens is a ceiling: clamped to the room
+            params = msgspec.structs.replace(request.params, max_tokens=room)
+            request = msgspec.structs.replace(request, params=params)
         cache, rest = self.prompt_cache.fetch(request.partition, prompt)
         if cache is None:
             cache, rest = make_prompt_cache(self.model), prompt

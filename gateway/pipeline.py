@@ -204,20 +204,20 @@ async def shape_output(ctx: AppContext, spec: ModelSpec, ask: Ask) -> Ask:
     return replace(ask, output=msgspec.structs.replace(output, tool_format=fmt))
 
 
-async def tokenize(ctx: AppContext, spec: ModelSpec, ask: Ask) -> tuple[int, ...] | None:
+async def tokenize(
+    ctx: AppContext, spec: ModelSpec, ask: Ask
+) -> tuple[tuple[int, ...] | None, Ask]:
     """The prompt's token ids, exactly as the worker would compute them, from the
-    gateway's own tokenizer pool; a prompt that cannot fit the model's context is
-    refused here (before any worker sees it, and without tokenizing it when its
-    size alone says so)."""
+    gateway's own tokenizer pool, and the ask with ``max_tokens`` clamped to the
+    room the prompt leaves in the context (``max_tokens`` is a ceiling).  Only a
+    prompt that leaves no room at all is refused, before any worker sees it (and
+    without tokenizing it when its size alone says so)."""
     context_length = _context_length(ctx, spec)
     if context_length is None or ctx.tokenizers is None:
-        return None  # unreadable config: the worker refuses it, or the load fails
-    max_tokens = ask.params.max_tokens
-    room = context_length - max_tokens
-    what = f"max_tokens is {max_tokens} and the model's context is {context_length} tokens"
+        return None, ask  # unreadable config: the worker clamps or refuses, or the load fails
     try:
-        if room < 1 or not await ctx.tokenizers.fits(spec.path, ask.text_bytes, room):
-            raise _too_long(f"the prompt cannot fit: {what}")
+        if not await ctx.tokenizers.fits(spec.path, ask.text_bytes, context_length - 1):
+            raise _too_long(f"the prompt cannot fit the model's context of {context_length} tokens")
         if ask.messages is not None:
             ids = await ctx.tokenizers.chat(spec.path, ask.messages, ask.output)
         else:
@@ -230,15 +230,18 @@ async def tokenize(ctx: AppContext, spec: ModelSpec, ask: Ask) -> tuple[int, ...
         raise
     except Exception as exc:  # no usable tokenizer: the model's load reports why
         log.warning("cannot tokenize for %s (%s): the worker will", spec.id, exc)
-        return None
+        return None, ask
     if not ids:
         raise _too_long("the prompt is empty")
-    if len(ids) + max_tokens > context_length:
+    room = context_length - len(ids)
+    if room < 1:
         raise _too_long(
-            f"the prompt has {len(ids)} tokens and max_tokens is {max_tokens}: together "
-            f"more than the model's context of {context_length} tokens"
+            f"the prompt has {len(ids)} tokens: it leaves no room in the model's context "
+            f"of {context_length} tokens"
         )
-    return tuple(ids)
+    if ask.params.max_tokens > room:
+        ask = replace(ask, params=msgspec.structs.replace(ask.params, max_tokens=room))
+    return tuple(ids), ask
 
 
 def _call(
@@ -344,13 +347,13 @@ async def admit(request: Request[Any, Any, Any], ask: Ask) -> Admitted:
                 spec, admission = await _hub_model(ctx, principal, spec, ask, state)
                 try:
                     ask = await shape_output(ctx, spec, ask)
-                    tokens = await tokenize(ctx, spec, ask)
+                    tokens, ask = await tokenize(ctx, spec, ask)
                 except BaseException:
                     admission.release()
                     raise
             else:
                 ask = await shape_output(ctx, spec, ask)
-                tokens = await tokenize(ctx, spec, ask)
+                tokens, ask = await tokenize(ctx, spec, ask)
                 prompt_tokens = len(tokens) if tokens is not None else estimate
                 admission = _decide(
                     ctx, principal, _resources(ctx, spec, None), ask, ask.route, prompt_tokens
@@ -379,7 +382,7 @@ async def count_tokens(request: Request[Any, Any, Any], ask: Ask) -> int:
     admission.scope_state = request.scope["state"]
     try:
         counted = replace(ask, params=msgspec.structs.replace(ask.params, max_tokens=0))
-        tokens = await tokenize(ctx, spec, counted)
+        tokens, _ = await tokenize(ctx, spec, counted)
         if tokens is None:
             raise ModelUnavailable(f"{spec.id}'s tokenizer cannot be loaded.", retry_after=60)
         await admission.record(0, 0, 200)

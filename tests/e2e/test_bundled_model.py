@@ -129,3 +129,15 @@ def test_seed_makes_sampling_reproducible(sdk):
         return reply.choices[0].text
 
     assert sample(7) == sample(7)
+
+
+def test_max_tokens_beyond_the_context_is_a_ceiling_not_a_refusal(sdk):
+    """Claude Code asks for max_tokens 32000; the bundled model has 8,192 tokens."""
+    done = sdk.chat.completions.create(
+        model="default",
+        messages=[{"role": "user", "content": "Say hello."}],
+        max_tokens=32000,
+        temperature=0,
+    )
+    assert done.choices[0].finish_reason == "stop"
+    assert done.choices[0].message.content

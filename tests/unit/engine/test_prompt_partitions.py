@@ -133,13 +133,21 @@ def test_given_tokens_are_the_prompt_and_nothing_is_tokenized(fresh, monkeypatch
         ((), PromptTooLong, "empty"),
         ((5, -1), InvalidGeneration, "token -1, outside the vocabulary"),
         ((5, 10**6), InvalidGeneration, "token 1000000, outside the vocabulary"),
-        ((5,) * 2046, PromptTooLong, "2046 tokens and max_tokens is 3"),
+        ((5,) * 2048, PromptTooLong, "2048 tokens: it leaves no room"),
     ],
 )
 def test_given_tokens_are_checked(fresh, tokens, error, message):
     request = Generate(next(_ids), PARAMS, prompt="x", tokens=tokens)
     with pytest.raises(error, match=message):
         fresh.start(request)
+
+
+def test_max_tokens_past_the_context_is_clamped_to_the_room_left(fresh):
+    no_end = SamplingParams(max_tokens=500, temperature=0.0, logit_bias={2: -100.0})
+    generation = fresh.start(Generate(next(_ids), no_end, prompt="x", tokens=(5,) * 2046))
+    while not isinstance(event := generation.step(), Finished):
+        pass
+    assert (event.finish_reason, event.completion_tokens) == ("length", 2)
 
 
 def test_given_tokens_at_the_vocabulary_edge_are_accepted(fresh):
