@@ -382,6 +382,7 @@ async def count_tokens(request: Request[Any, Any, Any], ask: Ask) -> int:
     admission.scope_state = request.scope["state"]
     try:
         counted = replace(ask, params=msgspec.structs.replace(ask.params, max_tokens=0))
+        counted = await shape_output(ctx, spec, counted)
         tokens, _ = await tokenize(ctx, spec, counted)
         if tokens is None:
             raise ModelUnavailable(f"{spec.id}'s tokenizer cannot be loaded.", retry_after=60)

@@ -67,12 +67,17 @@ def test_stream_helpers_assemble_the_same_text_and_final_message(sdk, plain):
     assert text == plain.content[0].text == final.content[0].text
     assert final.stop_reason == "end_turn"
     assert final.usage.output_tokens == plain.usage.output_tokens
-    assert final.usage.input_tokens == plain.usage.input_tokens
+    def prompt(usage):  # Anthropic counts prompt tokens read from the cache apart
+        return usage.input_tokens + usage.cache_read_input_tokens
+
+    assert prompt(final.usage) == prompt(plain.usage)
+    assert final.usage.cache_read_input_tokens > 0, "the same prompt again hits the cache"
 
 
 def test_count_tokens_agrees_with_usage_input_tokens(sdk, plain):
     counted = sdk.messages.count_tokens(model=ALIAS, messages=FRANCE)
-    assert counted.input_tokens == plain.usage.input_tokens
+    usage = plain.usage  # Anthropic counts prompt tokens read from the cache apart
+    assert counted.input_tokens == usage.input_tokens + usage.cache_read_input_tokens
     with_system = sdk.messages.count_tokens(model=ALIAS, system="You are terse.", messages=FRANCE)
     reply = sdk.messages.create(
         model=ALIAS,
@@ -81,7 +86,8 @@ def test_count_tokens_agrees_with_usage_input_tokens(sdk, plain):
         system="You are terse.",
         messages=FRANCE,
     )
-    assert with_system.input_tokens == reply.usage.input_tokens != counted.input_tokens
+    read = reply.usage.cache_read_input_tokens
+    assert with_system.input_tokens == reply.usage.input_tokens + read != counted.input_tokens
 
 
 def test_stop_sequence_is_reported_as_such(sdk, plain):
