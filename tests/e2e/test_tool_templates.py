@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -266,3 +267,119 @@ def test_tool_turns_without_tools_still_need_tool_support(server):
     )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "tools_not_supported"
+
+
+@pytest.fixture
+def claude(server: GatewayServer) -> Iterator[anthropic.Anthropic]:
+    client = anthropic.Anthropic(base_url=server.base_url, api_key=server.admin_key)
+    yield client
+    client.close()
+
+
+CLAUDE_TOOLS = [
+    {"name": t["function"]["name"], "input_schema": t["function"]["parameters"]} for t in TOOLS
+]
+
+
+def test_anthropic_template_tool_use_blocks_streamed_and_not(claude):
+    done = claude.messages.create(
+        model="qwen-tools", max_tokens=40, tools=CLAUDE_TOOLS, messages=ASK
+    )
+    assert done.stop_reason == "tool_use"
+    assert [b.type for b in done.content] == ["text", "tool_use", "tool_use"]
+    assert done.content[0].text == "Let me check."
+    assert done.content[1].input == {"city": "Paris", "unit": "celsius"}
+    assert done.content[2].name == "get_time"
+    events = []
+    with claude.messages.stream(
+        model="qwen-tools", max_tokens=40, tools=CLAUDE_TOOLS, messages=ASK
+    ) as stream:
+        events = [e.type for e in stream if e.type.startswith(("content_block", "message"))]
+        final = stream.get_final_message()
+    assert [b.model_dump() for b in final.content][1:] == [
+        b.model_dump() | {"id": f.id}
+        for b, f in zip(done.content[1:], final.content[1:], strict=True)
+    ]
+    assert events.count("content_block_start") == events.count("content_block_stop") == 3
+    assert final.stop_reason == "tool_use"
+
+
+def test_anthropic_thinking_is_a_signed_thinking_block_and_can_be_disabled(claude):
+    ask = [{"role": "user", "content": "Weather?"}]
+    thought = claude.messages.create(
+        model="qwen-think",
+        max_tokens=40,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        messages=ask,
+    )
+    thinking, text = thought.content
+    assert thinking.type == "thinking" and thinking.signature
+    assert thinking.thinking.strip() == "The user wants the weather."
+    assert text.text == "It is sunny in Paris."
+    with claude.messages.stream(
+        model="qwen-think",
+        max_tokens=40,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        messages=ask,
+    ) as stream:
+        deltas = [e.delta.type for e in stream if e.type == "content_block_delta"]
+        final = stream.get_final_message()
+    assert "thinking_delta" in deltas and "signature_delta" in deltas
+    assert final.content[0].thinking == thinking.thinking
+    for off in ({"thinking": {"type": "disabled"}}, {}):
+        plain = claude.messages.create(model="qwen-think", max_tokens=40, messages=ask, **off)
+        assert [b.type for b in plain.content] == ["text"]
+        assert plain.content[0].text == "Sunny in Paris, without thinking."
+
+
+def test_anthropic_hints_are_accepted_and_unhonourable_fields_refused(server):
+    url = server.base_url + "/v1/messages?beta=true"
+    headers = server.headers | {
+        "anthropic-version": "2023-06-01",
+        "anthropic-beta": "interleaved-thinking-2025-05-14,context-management-2025-06-27",
+        "x-claude-code-session-id": "abc",
+    }
+    hinted = {
+        "model": "qwen-tools",
+        "max_tokens": 32000,
+        "system": [
+            {"type": "text", "text": "You are terse."},
+            {"type": "text", "text": "Be kind.", "cache_control": {"type": "ephemeral"}},
+        ],
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Hi."},
+                    {"type": "text", "text": "Weather?", "cache_control": {"type": "ephemeral"}},
+                ],
+            },
+            {"role": "assistant", "content": "Let me see."},
+            {"role": "system", "content": "Answer in English."},
+            {"role": "user", "content": "Paris."},
+        ],
+        "tools": [CLAUDE_TOOLS[0] | {"cache_control": {"type": "ephemeral"}}],
+        "thinking": {"type": "enabled", "budget_tokens": 31999, "display": "omitted"},
+        "context_management": {"edits": [{"type": "clear_tool_uses_20250919"}]},
+        "metadata": {"user_id": "someone"},
+        "service_tier": "auto",
+        "stream": True,
+    }
+    with httpx.stream("POST", url, json=hinted, headers=headers, timeout=60) as response:
+        assert response.status_code == 200, response.read()
+        body = response.read().decode()
+    assert "event: message_stop" in body
+    refused = {
+        "image": {"type": "image", "source": {"type": "base64", "media_type": "image/png"}},
+        "document": {"type": "document", "source": {"type": "text", "data": "x"}},
+    }
+    for name, block in refused.items():
+        bad = hinted | {"stream": False, "messages": [{"role": "user", "content": [block]}]}
+        response = httpx.post(url, json=bad, headers=headers, timeout=30)
+        assert response.status_code == 400 and name in response.text.lower(), response.text
+    server_tool = hinted | {"tools": [{"type": "web_search_20250305", "name": "web_search"}]}
+    response = httpx.post(url, json=server_tool, headers=headers, timeout=30)
+    assert response.status_code == 400 and "web_search_20250305" in response.text
+    mcp = hinted | {"mcp_servers": [{"type": "url", "url": "http://x", "name": "x"}]}
+    response = httpx.post(url, json=mcp, headers=headers, timeout=30)
+    assert response.status_code == 400 and "mcp_servers" in response.text

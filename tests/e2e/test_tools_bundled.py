@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+import anthropic
 import httpx
 import jsonschema
 import openai
@@ -267,3 +268,82 @@ def test_unenforceable_schema_is_refused_naming_the_construct(bundled_server):
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["code"] == "unsupported_schema" and '"if"' in error["message"]
+
+
+@pytest.fixture(scope="module")
+def claude(bundled_server) -> Iterator[anthropic.Anthropic]:
+    sdk = anthropic.Anthropic(
+        base_url=bundled_server.base_url, api_key=bundled_server.admin_key, max_retries=0
+    )
+    yield sdk
+    sdk.close()
+
+
+ANTHROPIC_TOOLS = [
+    {"name": "get_weather", "description": "Weather in a city", "input_schema": WEATHER},
+    {"name": "get_time", "description": "Time in a timezone", "input_schema": TIME},
+]
+
+
+def test_anthropic_forced_tool_use_validates_and_streams_the_same_input(claude):
+    kwargs = dict(
+        model="default",
+        max_tokens=60,
+        extra_body={"temperature": 0},
+        tools=ANTHROPIC_TOOLS,
+        tool_choice={"type": "tool", "name": "get_weather"},
+        messages=ASK,
+    )
+    done = claude.messages.create(**kwargs)
+    assert done.stop_reason == "tool_use"
+    (block,) = [b for b in done.content if b.type == "tool_use"]
+    assert block.name == "get_weather" and block.id.startswith("toolu_")
+    jsonschema.validate(block.input, WEATHER)
+    pieces = []
+    with claude.messages.stream(**kwargs) as stream:
+        for event in stream:
+            if event.type == "content_block_delta" and event.delta.type == "input_json_delta":
+                pieces.append(event.delta.partial_json)
+        final = stream.get_final_message()
+    assert len(pieces) > 1, "input_json_delta fragments while the input is generated"
+    assert json.loads("".join(pieces)) == block.input
+    assert final.stop_reason == "tool_use"
+    assert [b.input for b in final.content if b.type == "tool_use"] == [block.input]
+
+
+def test_anthropic_tool_result_round_trip_and_thinking_without_reasoning(claude):
+    first = claude.messages.create(
+        model="default",
+        max_tokens=60,
+        extra_body={"temperature": 0},
+        tools=ANTHROPIC_TOOLS,
+        tool_choice={"type": "any", "disable_parallel_tool_use": True},
+        messages=ASK,
+    )
+    call = next(b for b in first.content if b.type == "tool_use")
+    answer = claude.messages.create(
+        model="default",
+        max_tokens=10,
+        extra_body={"temperature": 0},
+        tools=ANTHROPIC_TOOLS,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        messages=[
+            *ASK,
+            {"role": "assistant", "content": [call.model_dump()]},
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": call.id,
+                        "content": [{"type": "text", "text": "Sunny and 31 degrees."}],
+                    }
+                ],
+            },
+        ],
+    )
+    assert answer.stop_reason in ("end_turn", "max_tokens", "tool_use")
+    assert not [b for b in answer.content if b.type == "thinking"], "SmolLM2 does not reason"
+    assert answer.usage.input_tokens + answer.usage.cache_read_input_tokens > (
+        first.usage.input_tokens + first.usage.cache_read_input_tokens
+    )
