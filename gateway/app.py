@@ -25,7 +25,7 @@ from gateway.hub import make_downloader
 from gateway.keystore import KeyStore
 from gateway.observe import MetricEvents, MetricsMiddleware
 from gateway.responses import handle_exception
-from gateway.routes import admin, anthropic, health, keys, models, openai
+from gateway.routes import admin, anthropic, health, keys, models, openai, responses_api
 from gateway.routes import metrics as metrics_route
 from gateway.settings import Settings, memory_budget_bytes, queue_per_key
 from gateway.tokens import Tokenizers
@@ -134,6 +134,8 @@ def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
             openai.chat_completions,
             openai.completions,
             anthropic.messages,
+            responses_api.create_response,
+            responses_api.get_response,
             anthropic.count_tokens,
             models.list_models,
             models.retrieve_model,

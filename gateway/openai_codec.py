@@ -11,6 +11,7 @@ a key or a model: that is ``gateway.pipeline``'s.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from engine.protocol import (
     ChatMessage,
@@ -130,7 +131,7 @@ def _tools(req: ChatCompletionRequest) -> tuple[ToolSpec, ...]:
     return tuple(tools)
 
 
-def _reasoning(req: ChatCompletionRequest, constrained: bool) -> bool | None:
+def _reasoning(req: ChatCompletionRequest) -> bool | None:
     if (
         req.chat_template_kwargs is not None
         and req.chat_template_kwargs.enable_thinking is not None
@@ -138,47 +139,77 @@ def _reasoning(req: ChatCompletionRequest, constrained: bool) -> bool | None:
         return req.chat_template_kwargs.enable_thinking
     if req.reasoning_effort is not None:
         return req.reasoning_effort not in NO_REASONING
-    return False if constrained else None  # a constraint leaves no room to think
+    return None
 
 
-def output_of(req: ChatCompletionRequest) -> OutputSpec:
-    """What the request asks of the output: tools, a constraint, reasoning."""
-    tools = _tools(req)
-    choice = req.tool_choice
+def output_spec(
+    tools: tuple[ToolSpec, ...],
+    choice: str | None,
+    parallel_calls: bool | None,
+    json_format: Constraint | None,
+    reasoning: bool | None,
+    *,
+    format_param: str,
+) -> OutputSpec:
+    """What a request asks of the output, for both OpenAI APIs: ``choice`` is
+    ``none``/``auto``/``required``, a function's name, or ``None``."""
     if choice is not None and not tools:
         raise InvalidRequest("`tool_choice` needs `tools`.", param="tool_choice")
     constraint: Constraint | None = None
     parse = bool(tools) and choice != "none"
-    if isinstance(choice, NamedToolChoice):
-        if choice.function.name not in {t.name for t in tools}:
-            raise InvalidRequest(
-                f"`tool_choice` names {choice.function.name}, which is not in `tools`.",
-                param="tool_choice",
-            )
-        constraint = Constraint("tool_call", tools=(choice.function.name,))
-    elif choice == "required":
-        parallel = req.parallel_tool_calls is not False and len(tools) > 1
+    if choice == "required":
+        parallel = parallel_calls is not False and len(tools) > 1
         constraint = Constraint("tool_call", tools=tuple(t.name for t in tools), parallel=parallel)
-    fmt = req.response_format
-    if isinstance(fmt, JsonObjectFormat | JsonSchemaFormat):
+    elif choice not in (None, "none", "auto"):
+        if choice not in {t.name for t in tools}:
+            raise InvalidRequest(
+                f"`tool_choice` names {choice}, which is not in `tools`.", param="tool_choice"
+            )
+        constraint = Constraint("tool_call", tools=(choice,))
+    if json_format is not None:
         if parse:
             raise InvalidRequest(
-                "`response_format` cannot be combined with `tools` (unless `tool_choice` is "
+                f"`{format_param}` cannot be combined with `tools` (unless `tool_choice` is "
                 '"none"): the output is either a tool call or the JSON.',
-                param="response_format",
+                param=format_param,
             )
-        if isinstance(fmt, JsonObjectFormat):
-            constraint = Constraint("json_object")
-        else:
-            schema = fmt.json_schema.schema or {}
-            constraint = Constraint(
-                "json_schema", schema=_json_text(schema, "response_format.json_schema.schema")
-            )
+        constraint = json_format
+    if reasoning is None and constraint is not None:
+        reasoning = False  # a constraint leaves no room to think
     return OutputSpec(
         tools=tools if choice != "none" else (),
         parse_tools=parse,
         constraint=constraint,
-        reasoning=_reasoning(req, constraint is not None),
+        reasoning=reasoning,
+    )
+
+
+def json_constraint(kind: str, schema: dict[str, Any] | None, param: str) -> Constraint | None:
+    if kind == "json_object":
+        return Constraint("json_object")
+    if kind == "json_schema":
+        return Constraint("json_schema", schema=_json_text(schema or {}, param))
+    return None
+
+
+def output_of(req: ChatCompletionRequest) -> OutputSpec:
+    """What a chat request asks of the output: tools, a constraint, reasoning."""
+    choice = req.tool_choice
+    named = choice.function.name if isinstance(choice, NamedToolChoice) else choice
+    fmt = req.response_format
+    json_format = None
+    if isinstance(fmt, JsonObjectFormat):
+        json_format = json_constraint("json_object", None, "response_format")
+    elif isinstance(fmt, JsonSchemaFormat):
+        param = "response_format.json_schema.schema"
+        json_format = json_constraint("json_schema", fmt.json_schema.schema, param)
+    return output_spec(
+        _tools(req),
+        named,
+        req.parallel_tool_calls,
+        json_format,
+        _reasoning(req),
+        format_param="response_format",
     )
 
 
@@ -202,7 +233,9 @@ def usage_of(counts: Counts) -> Usage:
 
 
 def finish_reason(reason: str, tool_error: str | None) -> str:
-    return "tool_call_error" if tool_error is not None else reason
+    if tool_error is not None and reason != "length":  # a cut-off call: `length` says why
+        return "tool_call_error"
+    return reason
 
 
 def choice_error(tool_error: str | None) -> ChoiceError | None:

@@ -383,3 +383,111 @@ def test_anthropic_hints_are_accepted_and_unhonourable_fields_refused(server):
     mcp = hinted | {"mcp_servers": [{"type": "url", "url": "http://x", "name": "x"}]}
     response = httpx.post(url, json=mcp, headers=headers, timeout=30)
     assert response.status_code == 400 and "mcp_servers" in response.text
+
+
+RESPONSES_TOOLS = [
+    {
+        "type": "function",
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"enum": ["Paris", "Lyon"]}, "unit": {"enum": ["c", "f"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+    {"type": "function", "name": "get_time", "parameters": TOOLS[1]["function"]["parameters"]},
+]
+
+
+def test_responses_text_streamed_and_not(sdk):
+    done = sdk.responses.create(model="qwen-think", input="Weather?", reasoning={"effort": "none"})
+    assert done.status == "completed"
+    assert done.output_text == "Sunny in Paris, without thinking."
+    assert done.usage.input_tokens > 0 and done.usage.output_tokens > 0
+    thought = sdk.responses.create(model="qwen-think", input="Weather?", instructions="Be brief.")
+    assert [item.type for item in thought.output] == ["reasoning", "message"]
+    assert thought.output_text == "It is sunny in Paris."
+    assert thought.usage.output_tokens_details.reasoning_tokens == 3
+    events = list(
+        sdk.responses.create(
+            model="qwen-think", input="Weather?", instructions="Be brief.", stream=True
+        )
+    )
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds[-1] == "response.completed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == thought.output_text
+    assert kinds.index("response.content_part.added") < kinds.index("response.output_text.delta")
+    assert events[-1].response.output_text == thought.output_text
+
+
+def test_responses_parsed_and_forced_function_calls(sdk):
+    parsed = sdk.responses.create(model="qwen-tools", input="Weather?", tools=RESPONSES_TOOLS)
+    calls = [item for item in parsed.output if item.type == "function_call"]
+    assert [c.name for c in calls] == ["get_weather", "get_time"]
+    assert json.loads(calls[0].arguments) == {"city": "Paris", "unit": "celsius"}
+    forced = sdk.responses.create(
+        model="qwen-tools",
+        input="Weather?",
+        tools=RESPONSES_TOOLS,
+        tool_choice={"type": "function", "name": "get_weather"},
+        max_output_tokens=120,
+        temperature=0,
+    )
+    (call,) = [item for item in forced.output if item.type == "function_call"]
+    assert call.name == "get_weather" and call.call_id
+    assert set(json.loads(call.arguments)) == {"city", "unit"}
+    with sdk.responses.stream(
+        model="qwen-tools",
+        input="Weather?",
+        tools=RESPONSES_TOOLS,
+        tool_choice={"type": "function", "name": "get_weather"},
+        max_output_tokens=120,
+        temperature=0,
+    ) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.function_call_arguments.delta"]
+        final = stream.get_final_response()
+    streamed = next(item for item in final.output if item.type == "function_call")
+    assert "".join(deltas) == streamed.arguments == call.arguments
+
+
+def test_responses_function_call_output_round_trip(sdk):
+    first = sdk.responses.create(model="qwen-tools", input="Weather?", tools=RESPONSES_TOOLS)
+    call = next(item for item in first.output if item.type == "function_call")
+    follow_up = [
+        {"role": "user", "content": "Weather?"},
+        {
+            "type": "function_call",
+            "call_id": call.call_id,
+            "name": call.name,
+            "arguments": call.arguments,
+        },
+        {"type": "function_call_output", "call_id": call.call_id, "output": "Sunny, 31C"},
+    ]
+    answer = sdk.responses.create(model="qwen-tools", input=follow_up, tools=RESPONSES_TOOLS)
+    assert answer.status == "completed"
+    assert answer.usage.input_tokens > first.usage.input_tokens
+
+
+def test_responses_refuses_what_it_cannot_honour(server):
+    def post(body: dict) -> httpx.Response:
+        return httpx.post(
+            server.base_url + "/v1/responses",
+            json={"model": "qwen-tools", "input": "hi"} | body,
+            headers=server.headers,
+            timeout=30,
+        )
+
+    stored = post({"previous_response_id": "resp_123"})
+    assert stored.status_code == 400 and "previous_response_id" in stored.text
+    assert post({"tools": [{"type": "web_search"}]}).status_code == 400
+    image = [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]
+    assert post({"input": image}).status_code == 400
+    assert post({"input": [{"type": "computer_call"}]}).status_code == 400
+    hints = {"store": False, "include": ["reasoning.encrypted_content"], "prompt_cache_key": "k"}
+    assert post(hints | {"client_metadata": {"x": "y"}, "max_output_tokens": 4}).status_code == 200
+    missing = httpx.get(server.base_url + "/v1/responses/resp_123", headers=server.headers)
+    assert missing.status_code == 404
