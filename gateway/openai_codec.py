@@ -56,10 +56,8 @@ def sampling_params(
         raise InvalidRequest(f"`{field}` is not supported by this gateway.", param=field)
     if req.n > limits.max_choices:
         raise InvalidRequest(f"`n` must be at most {limits.max_choices}.", param="n")
-    if max_tokens is not None and max_tokens > limits.max_tokens_limit:
-        raise InvalidRequest(
-            f"max_tokens must be at most {limits.max_tokens_limit}.", param="max_tokens"
-        )
+    if max_tokens is not None:
+        max_tokens = min(max_tokens, limits.max_tokens_limit)  # a ceiling, as the context's
     bias: dict[int, float] = {}
     for key, value in (req.logit_bias or {}).items():
         # ASCII digits only ("²".isdigit() is true), and no id past any vocabulary.

@@ -111,7 +111,7 @@ class EngineSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         1024
     )
     max_tokens_limit: Annotated[
-        int, _doc("Largest max_tokens a request may ask for; more is a 400.", ge=1)
+        int, _doc("Most tokens one request may generate; a larger max_tokens is lowered.", ge=1)
     ] = 32768
     max_choices: Annotated[int, _doc("Largest `n` (choices per request) accepted.", ge=1)] = 4
     prompt_cache_size: Annotated[

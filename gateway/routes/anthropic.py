@@ -38,7 +38,7 @@ from gateway.anthropic_schema import (
 from gateway.anthropic_schema import (
     TextOut as TextBlockOut,
 )
-from gateway.errors import GatewayError, InvalidRequest
+from gateway.errors import GatewayError
 from gateway.generation import Choice, Counts, complete, stream
 from gateway.inference import ChoiceEnd, TextOut
 from gateway.pipeline import Ask, context
@@ -200,12 +200,8 @@ async def messages(request: Request) -> Response[Any] | Stream:
     ctx = context(request)
     req = decode_body(await request.body(), MessagesRequest)
     limits = ctx.settings.engine
-    if req.max_tokens > limits.max_tokens_limit:
-        raise InvalidRequest(
-            f"max_tokens must be at most {limits.max_tokens_limit}.", param="max_tokens"
-        )
     params = SamplingParams(
-        max_tokens=req.max_tokens,
+        max_tokens=min(req.max_tokens, limits.max_tokens_limit),  # a ceiling
         temperature=1.0 if req.temperature is None else req.temperature,
         top_p=1.0 if not req.top_p else req.top_p,
         top_k=req.top_k or 0,

@@ -25,7 +25,7 @@ from litestar.response import Stream
 
 from engine.protocol import CallDelta, SamplingParams
 from gateway import pipeline
-from gateway.errors import GatewayError, InvalidRequest, RouteNotFound
+from gateway.errors import GatewayError, RouteNotFound
 from gateway.generation import Choice, Counts, complete, stream
 from gateway.inference import ChoiceEnd, TextOut
 from gateway.pipeline import Ask, context
@@ -223,12 +223,7 @@ async def create_response(request: Request) -> Response[Any] | Stream:
     ctx = context(request)
     req = decode_body(await request.body(), ResponsesRequest)
     limits = ctx.settings.engine
-    max_tokens = req.max_output_tokens or limits.default_max_tokens
-    if max_tokens > limits.max_tokens_limit:
-        raise InvalidRequest(
-            f"max_output_tokens must be at most {limits.max_tokens_limit}.",
-            param="max_output_tokens",
-        )
+    max_tokens = min(req.max_output_tokens or limits.default_max_tokens, limits.max_tokens_limit)
     temperature = 1.0 if req.temperature is None else req.temperature
     top_p = 1.0 if req.top_p is None else req.top_p
     params = SamplingParams(

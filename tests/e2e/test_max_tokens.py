@@ -59,6 +59,21 @@ def test_completions_and_anthropic_clamp_too(tiny_server):
     assert message.usage.input_tokens + message.usage.output_tokens <= 2048
 
 
+def test_max_tokens_past_the_operators_limit_is_lowered_to_it(tiny_server):
+    for route, body in [
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+        ("/v1/completions", {"prompt": "hi"}),
+    ]:
+        response = httpx.post(
+            tiny_server.base_url + route,
+            json={"model": "tiny-a", "max_tokens": 10**9, "logit_bias": NO_EOS} | body,
+            headers=tiny_server.headers,
+            timeout=120,
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["choices"][0]["finish_reason"] == "length"
+
+
 def test_only_a_prompt_that_leaves_no_room_is_refused(tiny_server):
     response = httpx.post(
         tiny_server.base_url + "/v1/chat/completions",
