@@ -46,6 +46,7 @@ KNOWN_ROUTES = {
     "/v1/completions",
     "/v1/messages",
     "/v1/messages/count_tokens",
+    "/v1/responses",
     "/v1/models",
     "/health",
     "/ready",

@@ -27,6 +27,7 @@ from gateway.responses_api_schema import (
     EasyMessage,
     FunctionCallItem,
     FunctionCallOutputItem,
+    FunctionTool,
     InputFile,
     InputImage,
     Item,
@@ -104,17 +105,46 @@ def conversation(req: ResponsesRequest) -> tuple[ChatMessage, ...]:
     return tuple(turns)
 
 
+# Hosted tools the client offers but the model may do without: not offered to it.
+# (Codex offers web_search, with external access off, in every request.)
+HOSTED_OPTIONAL = ("web_search", "web_search_preview")
+
+
+def _function_tools(req: ResponsesRequest) -> list[tuple[str, FunctionTool]]:
+    """Function tools with where they came from; a ``namespace`` groups functions."""
+    found: list[tuple[str, FunctionTool]] = []
+    for i, tool in enumerate(req.tools or ()):
+        if tool.type == "function":
+            found.append((f"tools.{i}", tool))
+        elif tool.type == "namespace":
+            for j, inner in enumerate(tool.tools or ()):
+                param = f"tools.{i}.tools.{j}"
+                try:
+                    function = msgspec.convert(inner, FunctionTool)
+                except msgspec.ValidationError as exc:
+                    raise InvalidRequest(f"{param}: {exc}", param=param) from None
+                if function.type != "function":
+                    raise _refuse(f"The tool type `{function.type}`", f"{param}.type")
+                found.append((param, function))
+        elif tool.type not in HOSTED_OPTIONAL or _choice_name(req) == tool.type:
+            raise _refuse(f"The tool type `{tool.type}`", f"tools.{i}.type")
+    return found
+
+
+def _choice_name(req: ResponsesRequest) -> str | None:
+    choice = req.tool_choice
+    return choice if isinstance(choice, str) or choice is None else choice.name
+
+
 def _tools(req: ResponsesRequest) -> tuple[ToolSpec, ...]:
     tools = []
-    for i, tool in enumerate(req.tools or ()):
-        if tool.type != "function":
-            raise _refuse(f"The tool type `{tool.type}`", f"tools.{i}.type")
+    for param, tool in _function_tools(req):
         if tool.name is None:
-            raise InvalidRequest("A function tool needs a `name`.", param=f"tools.{i}.name")
+            raise InvalidRequest("A function tool needs a `name`.", param=f"{param}.name")
         parameters = tool.parameters or {"type": "object", "properties": {}}
         text = json.dumps(parameters, ensure_ascii=False)
         if len(text.encode()) > 64 * 1024:
-            raise InvalidRequest(f"tools.{i}.parameters is larger than 64 KiB.", param="tools")
+            raise InvalidRequest(f"{param}.parameters is larger than 64 KiB.", param=param)
         tools.append(ToolSpec(tool.name, tool.description, text))
     if len({t.name for t in tools}) < len(tools):
         raise InvalidRequest("Two tools have the same name.", param="tools")
@@ -122,8 +152,7 @@ def _tools(req: ResponsesRequest) -> tuple[ToolSpec, ...]:
 
 
 def output_of(req: ResponsesRequest) -> OutputSpec:
-    choice = req.tool_choice
-    named = choice if isinstance(choice, str) or choice is None else choice.name
+    named = _choice_name(req)
     fmt = req.text.format if req.text else None
     json_format = None
     if fmt is not None:

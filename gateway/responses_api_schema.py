@@ -76,11 +76,14 @@ class EasyMessage(msgspec.Struct, frozen=True):
 
 
 class FunctionTool(msgspec.Struct, frozen=True):
+    """A ``function`` tool, a ``namespace`` of them (``tools``), or a hosted tool."""
+
     type: str
     name: FunctionName | None = None
     description: Annotated[str, Meta(max_length=65_536)] = ""
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
+    tools: Annotated[list[Any], Meta(max_length=MAX_TOOLS)] | None = None
 
 
 class NamedFunction(msgspec.Struct, frozen=True):
