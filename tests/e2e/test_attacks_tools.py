@@ -277,3 +277,76 @@ def test_a_constrained_stream_closed_early_frees_the_model(server):
     sdk.close()
     jsonschema.validate(json.loads(after), _schema(["p", "q"]))
     assert server.model("tiny-a")["state"] == "ready"
+
+
+ANTHROPIC_HOSTILE = {
+    "server tool": {"tools": [{"type": "web_search_20250305", "name": "web_search"}]},
+    "mcp servers": {"mcp_servers": [{"type": "url", "url": "http://127.0.0.1:9", "name": "x"}]},
+    "image block": {
+        "messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "url"}}]}]
+    },
+    "image in a tool result": {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "t", "content": [{"type": "image"}]}
+                ],
+            }
+        ]
+    },
+    "unknown block type": {"messages": [{"role": "user", "content": [{"type": "evil"}]}]},
+    "tool_use in a user turn": {
+        "messages": [
+            {"role": "user", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]}
+        ]
+    },
+    "tool_choice names a missing tool": {
+        "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+        "tool_choice": {"type": "tool", "name": "g"},
+    },
+    "unknown thinking type": {"thinking": {"type": "always"}},
+    "unenforceable input_schema": {
+        "tools": [{"name": "f", "input_schema": {"type": "object", "if": {}}}],
+        "tool_choice": {"type": "any"},
+    },
+}
+RESPONSES_HOSTILE = {
+    "previous_response_id": {"previous_response_id": "resp_x"},
+    "background": {"background": True},
+    "hosted tool": {"tools": [{"type": "file_search", "vector_store_ids": ["x"]}]},
+    "web_search required": {"tools": [{"type": "web_search"}], "tool_choice": "required"},
+    "namespace with a hosted tool": {
+        "tools": [{"type": "namespace", "name": "n", "tools": [{"type": "computer_use"}]}]
+    },
+    "image input": {"input": [{"role": "user", "content": [{"type": "input_image"}]}]},
+    "unknown item": {"input": [{"type": "computer_call_output", "call_id": "c"}]},
+    "function_call without call_id": {"input": [{"type": "function_call", "name": "f"}]},
+    "unenforceable text format": {
+        "text": {"format": {"type": "json_schema", "name": "x", "schema": {"if": {}}}}
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("route", "base", "extra"),
+    [
+        ("/v1/messages", {"max_tokens": 8, "messages": HELLO}, extra)
+        for extra in ANTHROPIC_HOSTILE.values()
+    ]
+    + [("/v1/responses", {"input": "hi"}, extra) for extra in RESPONSES_HOSTILE.values()],
+    ids=[f"anthropic: {k}" for k in ANTHROPIC_HOSTILE]
+    + [f"responses: {k}" for k in RESPONSES_HOSTILE],
+)
+def test_hostile_agent_api_fields_are_400s_with_no_load_and_no_charge(server, route, base, extra):
+    key = server.create_key("hostile-agent", scopes=("infer", "load"))
+    for stream in (False, True):
+        response = httpx.post(
+            server.base_url + route,
+            json={"model": "qwen-cold"} | base | extra | {"stream": stream},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=60,
+        )
+        assert response.status_code == 400, response.text
+    assert server.model("qwen-cold")["state"] == "absent"
+    assert _tokens_charged(server, key) == 0

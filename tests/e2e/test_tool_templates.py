@@ -491,3 +491,43 @@ def test_responses_refuses_what_it_cannot_honour(server):
     assert post(hints | {"client_metadata": {"x": "y"}, "max_output_tokens": 4}).status_code == 200
     missing = httpx.get(server.base_url + "/v1/responses/resp_123", headers=server.headers)
     assert missing.status_code == 404
+
+
+def test_an_agents_second_turn_reads_its_first_from_the_prompt_cache(sdk, claude):
+    """Agents resend the whole conversation each turn: the second turn's prompt
+    starts with the first's, so the prompt cache answers it."""
+    system = "You are a coding agent. " * 40
+    first = claude.messages.create(
+        model="qwen-tools",
+        max_tokens=20,
+        system=system,
+        tools=CLAUDE_TOOLS,
+        messages=[{"role": "user", "content": "Weather?"}],
+    )
+    second = claude.messages.create(
+        model="qwen-tools",
+        max_tokens=20,
+        system=system,
+        tools=CLAUDE_TOOLS,
+        messages=[
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": [b.model_dump() for b in first.content]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": b.id, "content": "sunny"}
+                    for b in first.content
+                    if b.type == "tool_use"
+                ],
+            },
+        ],
+    )
+    assert second.usage.cache_read_input_tokens >= first.usage.input_tokens
+    turn = [{"role": "user", "content": "Weather?"}]
+    one = sdk.responses.create(model="qwen-tools", input=turn, instructions=system)
+    two = sdk.responses.create(
+        model="qwen-tools",
+        input=[*turn, {"role": "assistant", "content": one.output_text}, *turn],
+        instructions=system,
+    )
+    assert two.usage.input_tokens_details.cached_tokens >= one.usage.input_tokens - 2
