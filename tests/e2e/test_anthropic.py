@@ -67,6 +67,7 @@ def test_stream_helpers_assemble_the_same_text_and_final_message(sdk, plain):
     assert text == plain.content[0].text == final.content[0].text
     assert final.stop_reason == "end_turn"
     assert final.usage.output_tokens == plain.usage.output_tokens
+
     def prompt(usage):  # Anthropic counts prompt tokens read from the cache apart
         return usage.input_tokens + usage.cache_read_input_tokens
 
