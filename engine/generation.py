@@ -34,6 +34,7 @@ from engine.chat import ToolsNotSupported, chat_tokens, native_tool_format, tool
 from engine.constraints import UnsupportedConstraint, grammar_of
 from engine.guidance import GrammarFailed, Guide
 from engine.outputs import OutputSplitter, Pieces, Thinking
+from engine.prefill import Prefill, PrefillPace
 from engine.protocol import (
     Delta,
     Finished,
@@ -162,6 +163,7 @@ class ModelRunner:
         self.context_length = int(getattr(config, "max_position_embeddings", 0) or 4096)
         self.vocab_size = int(getattr(config, "vocab_size", 0) or len(self.tokenizer.vocab))
         self.guide = Guide(self.tokenizer, self.vocab_size)
+        self.pace = PrefillPace()
         self.thinking = (
             Thinking(self.tokenizer.think_start, self.tokenizer.think_end)
             if self.tokenizer.has_thinking
@@ -257,7 +259,8 @@ class ModelRunner:
 
 
 class Generation:
-    """One request being generated, advanced one token per ``step``."""
+    """One request being generated: its prompt prefilled a slice per ``step``
+    (``engine.prefill``), then advanced one token per ``step``."""
 
     def __init__(
         self,
@@ -288,20 +291,34 @@ class Generation:
         constraint = runner.constraint(request)
         if constraint is not None:
             processors.append(constraint)
-        self._responses: Generator[GenerationResponse, None, None] = stream_generate(
-            runner.model,
-            runner.tokenizer,
-            mx.array(rest),
-            max_tokens=params.max_tokens,
-            sampler=make_token_sampler(params),
-            logits_processors=processors,
-            prompt_cache=cache,
-            stream=runner.stream,
-        )
+        # All but the last uncached prompt token are prefilled in slices, one per step;
+        # the last one starts stream_generate, which needs it for the first logits.
+        self.prefill = Prefill(runner.model, cache, rest[:-1], runner.stream)
+        self._decode_args = (rest[-1:], params.max_tokens, make_token_sampler(params), processors)
+        self._responses: Generator[GenerationResponse, None, None] | None = None
 
-    def step(self) -> Delta | Finished:
-        """Generate one token; return the output it released, or the end."""
-        response = next(self._responses)
+    def _decoding(self) -> Generator[GenerationResponse, None, None]:
+        if self._responses is None:
+            first, max_tokens, sampler, processors = self._decode_args
+            self._responses = stream_generate(
+                self.runner.model,
+                self.runner.tokenizer,
+                mx.array(first),
+                max_tokens=max_tokens,
+                sampler=sampler,
+                logits_processors=processors,
+                prompt_cache=self.cache,
+                stream=self.runner.stream,
+            )
+        return self._responses
+
+    def step(self) -> Delta | Finished | None:
+        """Feed one slice of the prompt (``None``: nothing to send yet), or generate one
+        token and return the output it released, or the end."""
+        if not self.prefill.done:
+            self.prefill.step(self.runner.pace)
+            return None
+        response = next(self._decoding())
         self.completion_tokens += 1
         self.tokens.append(response.token)
         logprobs = self._logprob(response)
@@ -359,7 +376,8 @@ class Generation:
         logprobs: tuple[TokenLogprob, ...] = (),
     ) -> Finished:
         """End the generation and keep its KV cache for the next prompt that shares it."""
-        self._responses.close()
+        if self._responses is not None:
+            self._responses.close()
         if self.completion_tokens:
             self.runner.remember(self.partition, self.tokens, self.cache)
         pieces = Pieces()

@@ -8,7 +8,9 @@ Threads: a reader thread decodes frames from stdin into an inbox; the main
 thread does every MLX call (MLX streams are thread-local) and is the only
 writer of frames.  Between two decode steps the main thread drains the inbox,
 so a cancel stops its generation within one step, and active generations
-advance round-robin, one token each.
+advance round-robin, one step each: a token, or for a generation whose prompt
+is still being prefilled one slice of it (``engine.prefill``), so a long prompt
+never stalls the other streams for longer than a slice.
 
 A ``Generate`` runs on the tokens the gateway sent when it sent them (checked,
 never tokenized again), and reads and writes only the prompt cache of its own
@@ -187,6 +189,8 @@ class Worker:
                 self.send(
                     Failed(req_id, "internal", f"generation failed: {type(exc).__name__}: {exc}")
                 )
+                continue
+            if event is None:  # a slice of its prompt was prefilled
                 continue
             if isinstance(event, Finished):
                 del self._active[req_id]
