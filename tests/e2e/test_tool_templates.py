@@ -483,7 +483,9 @@ def test_responses_refuses_what_it_cannot_honour(server):
 
     stored = post({"previous_response_id": "resp_123"})
     assert stored.status_code == 400 and "previous_response_id" in stored.text
-    assert post({"tools": [{"type": "web_search"}]}).status_code == 400
+    assert post({"tools": [{"type": "file_search"}]}).status_code == 400
+    # Codex offers a hosted web_search in every request: not offered to the model.
+    assert post({"tools": [{"type": "web_search"}], "max_output_tokens": 4}).status_code == 200
     image = [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]
     assert post({"input": image}).status_code == 400
     assert post({"input": [{"type": "computer_call"}]}).status_code == 400
