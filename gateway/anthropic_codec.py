@@ -33,8 +33,8 @@ from gateway.anthropic_schema import (
     WebSearchResultBlock,
 )
 from gateway.errors import InvalidRequest
+from gateway.openai_codec import json_text
 
-MAX_SCHEMA_BYTES = 64 * 1024
 EMPTY_SCHEMA = {"type": "object", "properties": {}}
 
 
@@ -123,11 +123,7 @@ def _tools(req: CountTokensRequest) -> tuple[ToolSpec, ...]:
         if tool.name in names:
             raise InvalidRequest(f"Two tools are named {tool.name}.", param=f"tools.{i}.name")
         names.add(tool.name)
-        schema = json.dumps(tool.input_schema or EMPTY_SCHEMA, ensure_ascii=False)
-        if len(schema.encode()) > MAX_SCHEMA_BYTES:
-            raise InvalidRequest(
-                f"tools.{i}.input_schema is larger than 64 KiB.", param=f"tools.{i}.input_schema"
-            )
+        schema = json_text(tool.input_schema or EMPTY_SCHEMA, f"tools.{i}.input_schema")
         tools.append(ToolSpec(tool.name, tool.description, schema))
     return tuple(tools)
 

@@ -83,7 +83,8 @@ def sampling_params(
     )
 
 
-def _json_text(value: object, param: str) -> str:
+def json_text(value: object, param: str) -> str:
+    """A schema as JSON text, refused past ``MAX_SCHEMA_BYTES`` (every API's limit)."""
     text = json.dumps(value, ensure_ascii=False)
     if len(text.encode()) > MAX_SCHEMA_BYTES:
         raise InvalidRequest(
@@ -125,7 +126,7 @@ def _tools(req: ChatCompletionRequest) -> tuple[ToolSpec, ...]:
         names.add(function.name)
         parameters = function.parameters or {"type": "object", "properties": {}}
         param = f"tools.[{i}].function.parameters"
-        tools.append(ToolSpec(function.name, function.description, _json_text(parameters, param)))
+        tools.append(ToolSpec(function.name, function.description, json_text(parameters, param)))
     return tuple(tools)
 
 
@@ -186,7 +187,7 @@ def json_constraint(kind: str, schema: dict[str, Any] | None, param: str) -> Con
     if kind == "json_object":
         return Constraint("json_object")
     if kind == "json_schema":
-        return Constraint("json_schema", schema=_json_text(schema or {}, param))
+        return Constraint("json_schema", schema=json_text(schema or {}, param))
     return None
 
 

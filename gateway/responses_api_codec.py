@@ -13,7 +13,6 @@ Stateless: nothing is stored, so ``previous_response_id`` cannot be honoured.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -22,7 +21,7 @@ import msgspec
 from engine.protocol import ChatMessage, OutputSpec, ToolCall, ToolSpec
 from gateway.errors import InvalidRequest
 from gateway.generation import Counts
-from gateway.openai_codec import NO_REASONING, json_constraint, output_spec
+from gateway.openai_codec import NO_REASONING, json_constraint, json_text, output_spec
 from gateway.responses_api_schema import (
     EasyMessage,
     FunctionCallItem,
@@ -142,9 +141,7 @@ def _tools(req: ResponsesRequest) -> tuple[ToolSpec, ...]:
         if tool.name is None:
             raise InvalidRequest("A function tool needs a `name`.", param=f"{param}.name")
         parameters = tool.parameters or {"type": "object", "properties": {}}
-        text = json.dumps(parameters, ensure_ascii=False)
-        if len(text.encode()) > 64 * 1024:
-            raise InvalidRequest(f"{param}.parameters is larger than 64 KiB.", param=param)
+        text = json_text(parameters, f"{param}.parameters")
         tools.append(ToolSpec(tool.name, tool.description, text))
     if len({t.name for t in tools}) < len(tools):
         raise InvalidRequest("Two tools have the same name.", param="tools")

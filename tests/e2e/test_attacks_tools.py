@@ -306,6 +306,9 @@ ANTHROPIC_HOSTILE = {
         "tool_choice": {"type": "tool", "name": "g"},
     },
     "unknown thinking type": {"thinking": {"type": "always"}},
+    "huge input_schema": {
+        "tools": [{"name": "f", "input_schema": {"type": "object", "description": "x" * 70_000}}]
+    },
     "unenforceable input_schema": {
         "tools": [{"name": "f", "input_schema": {"type": "object", "if": {}}}],
         "tool_choice": {"type": "any"},
@@ -314,6 +317,9 @@ ANTHROPIC_HOSTILE = {
 RESPONSES_HOSTILE = {
     "previous_response_id": {"previous_response_id": "resp_x"},
     "background": {"background": True},
+    "huge parameters": {
+        "tools": [{"type": "function", "name": "f", "parameters": {"description": "x" * 70_000}}]
+    },
     "hosted tool": {"tools": [{"type": "file_search", "vector_store_ids": ["x"]}]},
     "web_search required": {"tools": [{"type": "web_search"}], "tool_choice": "required"},
     "namespace with a hosted tool": {
