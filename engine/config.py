@@ -23,4 +23,5 @@ class RegistryConfig:
     queue_per_key: int = 0  # queued-plus-running requests per caller and model; 0: no cap
     worker_overhead: int = 256 * 1024**2
     spare_worker: bool = False
+    decoding: str = "auto"  # a model's own setting wins
     tick: float = 0.25

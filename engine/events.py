@@ -7,6 +7,8 @@ method is a no-op here, so an implementation overrides only what it needs.
 
 from __future__ import annotations
 
+from engine.states import Serving
+
 
 class EngineEvents:
     def state_changed(self, model_id: str, state: str) -> None: ...
@@ -35,6 +37,9 @@ class EngineEvents:
     def in_flight(self, model_id: str, leases: int) -> None: ...
 
     def memory(self, used: int, budget: int) -> None: ...
+
+    def serving(self, model_id: str, serving: Serving | None) -> None:
+        """How the model serves now (None: it is not loaded)."""
 
 
 NullEvents = EngineEvents

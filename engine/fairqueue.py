@@ -30,6 +30,10 @@ class FairQueue(Generic[T]):
         self._callers.setdefault(caller, deque()).append(item)
         self._size += 1
 
+    def peek(self) -> T:
+        """The item ``pop`` would return, left in place."""
+        return next(iter(self._callers.values()))[0]
+
     def pop(self) -> T:
         """The next item: the first caller in turn gives its oldest, then goes last."""
         caller, items = next(iter(self._callers.items()))

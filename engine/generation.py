@@ -4,9 +4,9 @@ modules that import MLX).
 ``ModelRunner`` owns one loaded model, its tokenizer, the prompt caches of recent
 prompts (``PartitionedPromptCache``: one bounded LRU per partition, so callers of
 different partitions never share a cached prefix) and the MLX stream.
-``Generation`` is one request's state: a token iterator from mlx-lm's
-``stream_generate`` that the worker advances one token at a time, so requests
-interleave and a cancel takes effect within one step.  Each token's text goes
+``Generation`` is one request's state: its prompt fed in slices, then each token a
+decoder of ``engine.decoders`` produced (batched or in turn) taken in, so a
+cancel takes effect within one step.  Each token's text goes
 through the stop strings, then ``OutputSplitter`` (answer, reasoning, tool
 calls); a constraint masks the logits (``engine.guidance``); logprobs are read
 from the distribution the sampler draws from: after penalties, ``logit_bias``
@@ -17,22 +17,23 @@ Every method here must run on the worker's single MLX thread.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
 import msgspec
 from mlx_lm import load as mlx_load
-from mlx_lm.generate import GenerationResponse, stream_generate
 from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import apply_top_k, apply_top_p, make_logits_processors, make_sampler
 
 from engine.chat import ToolsNotSupported, chat_tokens, native_tool_format, tool_dicts
 from engine.constraints import UnsupportedConstraint, grammar_of
 from engine.guidance import GrammarFailed, Guide
+from engine.memory import kv_cache_bytes
 from engine.outputs import OutputSplitter, Pieces, Thinking
 from engine.prefill import Prefill, PrefillPace
 from engine.protocol import (
@@ -85,6 +86,14 @@ def make_token_sampler(params: SamplingParams) -> Callable[[mx.array], mx.array]
 
 
 MAX_PARTITIONS = 64
+
+
+def _config(model_dir: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 TOTAL_FACTOR = 4  # all partitions together keep at most this many times max_size entries
@@ -162,6 +171,7 @@ class ModelRunner:
         config = getattr(self.model, "args", None)
         self.context_length = int(getattr(config, "max_position_embeddings", 0) or 4096)
         self.vocab_size = int(getattr(config, "vocab_size", 0) or len(self.tokenizer.vocab))
+        self.kv_bytes_per_token = kv_cache_bytes(_config(model_dir), 1)
         self.guide = Guide(self.tokenizer, self.vocab_size)
         self.pace = PrefillPace()
         self.thinking = (
@@ -259,8 +269,12 @@ class ModelRunner:
 
 
 class Generation:
-    """One request being generated: its prompt prefilled a slice per ``step``
-    (``engine.prefill``), then advanced one token per ``step``."""
+    """One request being generated: its prompt prefilled a slice at a time
+    (``prefill_slice``), then each token a decoder produced taken in (``accept``).
+
+    The text path is the same whichever decoder runs it: the token goes through
+    its own streaming detokenizer, the stop strings, then ``OutputSplitter``; the
+    end of the turn and ``max_tokens`` end it as ``stream_generate`` would."""
 
     def __init__(
         self,
@@ -276,12 +290,16 @@ class Generation:
         self.reasoning_tokens = 0
         self.logprobs = params.logprobs
         self.req_id = request.req_id
+        self.caller = request.caller
         self.partition = request.partition
         self.prompt = prompt
         self.cache = cache
         self.tokens = list(prompt)
         self.completion_tokens = 0
+        self.max_tokens = params.max_tokens
+        self.kv_tokens = len(prompt) + params.max_tokens
         self.stops = StopMatcher(params.stop)
+        self.detokenizer = runner.tokenizer.detokenizer
         self.started = Started(request.req_id, len(prompt), len(prompt) - len(rest))
         processors = make_logits_processors(
             logit_bias=dict(params.logit_bias) or None,
@@ -291,42 +309,40 @@ class Generation:
         constraint = runner.constraint(request)
         if constraint is not None:
             processors.append(constraint)
-        # All but the last uncached prompt token are prefilled in slices, one per step;
-        # the last one starts stream_generate, which needs it for the first logits.
+        self.processors = processors
+        self.sampler = make_token_sampler(params)
+        # All but the last uncached prompt token are prefilled in slices; the last one
+        # is the decoder's first input, which gives the first token's logits.
         self.prefill = Prefill(runner.model, cache, rest[:-1], runner.stream)
-        self._decode_args = (rest[-1:], params.max_tokens, make_token_sampler(params), processors)
-        self._responses: Generator[GenerationResponse, None, None] | None = None
+        self.first = rest[-1:]
 
-    def _decoding(self) -> Generator[GenerationResponse, None, None]:
-        if self._responses is None:
-            first, max_tokens, sampler, processors = self._decode_args
-            self._responses = stream_generate(
-                self.runner.model,
-                self.runner.tokenizer,
-                mx.array(first),
-                max_tokens=max_tokens,
-                sampler=sampler,
-                logits_processors=processors,
-                prompt_cache=self.cache,
-                stream=self.runner.stream,
-            )
-        return self._responses
+    @property
+    def prefilled(self) -> bool:
+        return self.prefill.done
 
-    def step(self) -> Delta | Finished | None:
-        """Feed one slice of the prompt (``None``: nothing to send yet), or generate one
-        token and return the output it released, or the end."""
-        if not self.prefill.done:
-            self.prefill.step(self.runner.pace)
-            return None
-        response = next(self._decoding())
+    def prefill_slice(self) -> None:
+        self.prefill.step(self.runner.pace)
+
+    def accept(self, token: int, distribution: mx.array) -> Delta | Finished:
+        """Take in one generated token (its log-distribution for logprobs) and return
+        the output it released, or the end."""
         self.completion_tokens += 1
-        self.tokens.append(response.token)
-        logprobs = self._logprob(response)
-        text = self.stops.feed(response.text)
+        self.tokens.append(token)
+        logprobs = self._logprob(token, distribution)
+        finish: str | None = None
+        if token in self.runner.tokenizer.eos_token_ids:
+            finish = "stop"  # the end of the turn: not part of the text
+        else:
+            self.detokenizer.add_token(token)
+            if self.completion_tokens >= self.max_tokens:
+                finish = "length"
+        if finish is not None:
+            self.detokenizer.finalize()
+        text = self.stops.feed(self.detokenizer.last_segment)
         if self.stops.matched is not None:
             return self.finish("stop", text, stop_sequence=self.stops.matched, logprobs=logprobs)
-        if response.finish_reason is not None:
-            return self.finish(response.finish_reason, text + self.stops.flush(), logprobs=logprobs)
+        if finish is not None:
+            return self.finish(finish, text + self.stops.flush(), logprobs=logprobs)
         pieces = self._split(text)
         return Delta(
             self.req_id,
@@ -337,6 +353,11 @@ class Generation:
             logprobs,
         )
 
+    def keep(self, cache: list[Any]) -> None:
+        """Keep the KV cache of what it generated for the next prompt that shares it."""
+        if self.completion_tokens:
+            self.runner.remember(self.partition, self.tokens, cache)
+
     def _split(self, text: str) -> Pieces:
         """The token's text split; a token that opened, was or closed reasoning counts
         as a reasoning token."""
@@ -346,11 +367,9 @@ class Generation:
             self.reasoning_tokens += 1
         return pieces
 
-    def _logprob(self, response: GenerationResponse) -> tuple[TokenLogprob, ...]:
-        if self.logprobs is None or response.token in self.runner.tokenizer.eos_token_ids:
+    def _logprob(self, token: int, distribution: mx.array) -> tuple[TokenLogprob, ...]:
+        if self.logprobs is None or token in self.runner.tokenizer.eos_token_ids:
             return ()  # the end of the turn is not part of the answer's tokens
-        distribution = response.logprobs
-        token = response.token
         top: tuple[TopLogprob, ...] = ()
         if self.logprobs > 0:
             k = min(self.logprobs, distribution.size)
@@ -375,11 +394,7 @@ class Generation:
         stop_sequence: str | None = None,
         logprobs: tuple[TokenLogprob, ...] = (),
     ) -> Finished:
-        """End the generation and keep its KV cache for the next prompt that shares it."""
-        if self._responses is not None:
-            self._responses.close()
-        if self.completion_tokens:
-            self.runner.remember(self.partition, self.tokens, self.cache)
+        """End the generation (its decoder keeps its KV cache when it leaves)."""
         pieces = Pieces()
         if reason != "cancelled":
             pieces.add(self._split(text))

@@ -30,13 +30,19 @@ class Lease:
     _ids = itertools.count(1)
 
     def __init__(
-        self, model_id: str, worker: Worker, caller: str = "-", started: float | None = None
+        self,
+        model_id: str,
+        worker: Worker,
+        caller: str = "-",
+        started: float | None = None,
+        kv_tokens: int = 0,
     ) -> None:
         self.id = next(Lease._ids)
         self.model_id = model_id
         self.worker = worker
         self.caller = caller
         self.released = False
+        self.kv_tokens = kv_tokens  # the KV cache it reserves (prompt plus max_tokens)
         self.started = time.monotonic() if started is None else started  # the registry's clock
 
     def generate(
@@ -56,4 +62,5 @@ class Lease:
             tokens=tokens,
             partition=partition,
             output=output,
+            caller=self.caller,
         )

@@ -57,6 +57,7 @@ class Lifecycle:
         slot.state_since = self._clock()
         self._events.state_changed(slot.spec.id, state.value)
         self._events.memory(self.memory_used, self._config.memory_budget)
+        self._events.serving(slot.spec.id, slot.serving())
 
     # --- loading ---------------------------------------------------------------
 
@@ -80,11 +81,14 @@ class Lifecycle:
             worker = await self._workers.take()
             worker.on_exit = lambda reason: self._worker_exited(slot, worker, reason)
             slot.worker = worker
+            worker.on_stats = lambda: self._events.serving(model_id, slot.serving())
             loaded = await worker.load(
                 model_id,
                 slot.spec.path,
                 prompt_cache_size=self._config.prompt_cache_size,
                 on_progress=lambda n: self._load_progress(slot, n),
+                decoding=(slot.spec.decoding or self._config.decoding),  # type: ignore[arg-type]
+                kv_budget_tokens=slot.kv_budget,
             )
         except asyncio.CancelledError:
             if worker is not None:
@@ -100,6 +104,7 @@ class Lifecycle:
             return  # the load was failed meanwhile (stalled, or the worker died)
         slot.load_seconds = self._clock() - started
         slot.memory_bytes = loaded.memory_bytes
+        slot.decoding, slot.decoding_reason = loaded.decoding, loaded.decoding_reason
         slot.ready_since = slot.last_used = self._clock()
         self.enter(slot, ModelState.READY)
         self._events.loaded(model_id, "ok", slot.load_seconds, loaded.memory_bytes)

@@ -1,7 +1,8 @@
 """How much memory a model needs, estimated before it is loaded.
 
 need = weights (summed from the safetensors headers: no tensor is read)
-     + KV cache for one sequence at the model's serving context length
+     + the KV budget: the KV cache of every generation that may run at once
+       (``kv_budget`` tokens; by default ``sequences`` of the serving context)
      + a fixed per-worker overhead (interpreter, MLX runtime, buffers).
 
 The estimate is deliberately simple and slightly pessimistic; the registry
@@ -31,10 +32,15 @@ class MemoryNeed:
     kv_cache: int
     overhead: int
     context_length: int
+    kv_tokens: int = 0  # the KV budget: tokens of all running generations together
 
     @property
     def total(self) -> int:
         return self.weights + self.kv_cache + self.overhead
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return self.kv_cache // self.kv_tokens if self.kv_tokens else 0
 
 
 def safetensors_bytes(path: Path) -> int:
@@ -64,7 +70,7 @@ def weights_bytes(model_dir: Path) -> int:
 
 
 def kv_cache_bytes(config: dict, context_length: int) -> int:
-    """K and V for every layer, for one sequence of ``context_length`` tokens."""
+    """K and V for every layer, for ``context_length`` tokens (of one or more sequences)."""
     text = config.get("text_config", config)
     layers = int(text.get("num_hidden_layers", 0))
     heads = int(text.get("num_attention_heads", 1))
@@ -79,19 +85,35 @@ def estimate(
     *,
     context_length: int | None = None,
     overhead: int = DEFAULT_WORKER_OVERHEAD,
+    sequences: int = 1,
+    kv_budget: int | None = None,
 ) -> MemoryNeed:
     """The memory ``model_dir`` needs when served with ``context_length`` tokens
-    (default: the model's own maximum)."""
+    (default: the model's own maximum) and a KV budget of ``kv_budget`` tokens
+    (default: ``sequences`` generations at that context)."""
     try:
         config = json.loads((model_dir / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise MemoryEstimateError(f"{model_dir.name}: unreadable config.json ({exc})") from exc
     return need_of(
-        config, weights_bytes(model_dir), context_length=context_length, overhead=overhead
+        config,
+        weights_bytes(model_dir),
+        context_length=context_length,
+        overhead=overhead,
+        sequences=sequences,
+        kv_budget=kv_budget,
     )
 
 
-def need_of(config: dict, weights: int, *, context_length: int | None, overhead: int) -> MemoryNeed:
+def need_of(
+    config: dict,
+    weights: int,
+    *,
+    context_length: int | None,
+    overhead: int,
+    sequences: int = 1,
+    kv_budget: int | None = None,
+) -> MemoryNeed:
     """The need of a model from its ``config.json`` and its weights' size: the same
     estimate for a model on disk and for a hub model before any weight is fetched."""
     try:
@@ -100,10 +122,11 @@ def need_of(config: dict, weights: int, *, context_length: int | None, overhead:
             text.get("max_position_embeddings") or config.get("max_position_embeddings") or 4096
         )
         context = min(context_length or model_max, model_max)
-        kv = kv_cache_bytes(config, context)
+        kv_tokens = kv_budget or max(1, sequences) * context
+        kv = kv_cache_bytes(config, kv_tokens)
     except (AttributeError, TypeError, ValueError) as exc:
         raise MemoryEstimateError(f"config.json is not a model configuration ({exc})") from exc
-    return MemoryNeed(weights, kv, overhead, context)
+    return MemoryNeed(weights, kv, overhead, context, kv_tokens)
 
 
 def physical_memory() -> int:

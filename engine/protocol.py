@@ -108,10 +108,19 @@ class SamplingParams(msgspec.Struct, frozen=True):
 # --- gateway -> worker -------------------------------------------------------
 
 
+Decoding = Literal["auto", "batched", "interleaved"]
+
+
 class Load(msgspec.Struct, tag=True, frozen=True):
+    """Load a model.  ``decoding`` says how concurrent generations decode (``auto``:
+    measured at load); ``kv_budget_tokens`` bounds the KV cache of all running
+    generations together (0: no bound beyond the gateway's own)."""
+
     model_id: str
     model_dir: str
     prompt_cache_size: int = 8
+    decoding: Decoding = "auto"
+    kv_budget_tokens: int = 0
 
 
 class Generate(msgspec.Struct, tag=True, frozen=True):
@@ -130,6 +139,7 @@ class Generate(msgspec.Struct, tag=True, frozen=True):
     tokens: tuple[int, ...] | None = None
     partition: str = ""
     output: OutputSpec = OutputSpec()
+    caller: str = ""  # opaque: callers take turns at prefill slices
 
 
 class Cancel(msgspec.Struct, tag=True, frozen=True):
@@ -151,6 +161,21 @@ class Loaded(msgspec.Struct, tag=True, frozen=True):
     load_seconds: float
     memory_bytes: int
     context_length: int
+    decoding: str = "interleaved"  # "batched" or "interleaved"
+    decoding_reason: str = ""
+    kv_bytes_per_token: int = 0
+
+
+class WorkerStats(msgspec.Struct, tag=True, frozen=True):
+    """How a worker's model is serving: sent when generations join or leave, and
+    about once a second while any run."""
+
+    batch: int  # generations decoding
+    prefilling: int  # generations whose prompt is being fed in
+    waiting: int  # generations waiting for KV budget
+    kv_reserved_tokens: int
+    kv_used_bytes: int
+    longest_pause: float  # seconds between two tokens of a running stream, last minute
 
 
 class LoadFailed(msgspec.Struct, tag=True, frozen=True):
@@ -237,7 +262,7 @@ class Failed(msgspec.Struct, tag=True, frozen=True):
     message: str
 
 
-FromWorker = Loaded | LoadFailed | LoadProgress | Started | Delta | Finished | Failed
+FromWorker = Loaded | LoadFailed | LoadProgress | WorkerStats | Started | Delta | Finished | Failed
 
 _encoder = msgspec.msgpack.Encoder()
 to_worker_decoder = msgspec.msgpack.Decoder(ToWorker)

@@ -123,6 +123,8 @@ class Registry:
                 slot.spec.path,
                 context_length=slot.spec.context_length,
                 overhead=self._config.worker_overhead,
+                sequences=self._config.max_concurrent,
+                kv_budget=slot.spec.kv_budget,
             )
         return slot.need
 
@@ -149,8 +151,11 @@ class Registry:
         wait: float | None = None,
         *,
         may_load: bool = True,
+        kv_tokens: int = 0,
     ) -> Lease:
-        """Wait (up to ``wait``, default ``load_wait``) for ``model_id`` and lease it.
+        """Wait (up to ``wait``, default ``load_wait``) for ``model_id`` and lease it,
+        reserving ``kv_tokens`` of its KV budget (a request that would overflow the
+        budget waits in the fair queue until running requests release enough).
 
         Raises before anything is unloaded when the model can never fit, and at
         once when this request may not load a model that is not loaded
@@ -166,7 +171,7 @@ class Registry:
         slot = self._slot(model_id)
         self._check_admissible(slot, caller, may_load)
         future = asyncio.get_running_loop().create_future()
-        waiter = Waiter(caller, future, self._clock(), may_load=may_load)
+        waiter = Waiter(caller, future, self._clock(), may_load=may_load, kv_tokens=kv_tokens)
         slot.queue.push(caller, waiter)
         self._events.queue_changed(model_id, len(slot.queue))
         self._schedule()
@@ -201,6 +206,7 @@ class Registry:
         slot.last_used = now
         slot.durations.append(now - lease.started)
         self._events.in_flight(lease.model_id, len(slot.leases))
+        self._events.serving(lease.model_id, slot.serving())
         self._schedule()
 
     @contextlib.asynccontextmanager
@@ -274,16 +280,34 @@ class Registry:
 
     def _admit(self, slot: Slot) -> None:
         assert slot.worker is not None
+        kv_full = False
         while len(slot.queue) and len(slot.leases) < self._config.max_concurrent:
-            waiter = slot.queue.pop()
+            waiter = slot.queue.peek()
+            if not waiter.future.done() and not slot.kv_fits(waiter.kv_tokens):
+                kv_full = True  # the next in turn waits for KV cache; none overtakes it
+                break
+            slot.queue.pop()
             if waiter.future.done():
                 continue
-            lease = Lease(slot.spec.id, slot.worker, waiter.caller, started=self._clock())
+            lease = Lease(
+                slot.spec.id,
+                slot.worker,
+                waiter.caller,
+                started=self._clock(),
+                kv_tokens=waiter.kv_tokens,
+            )
             slot.leases.add(lease)
             waiter.future.set_result(lease)
         self._events.queue_changed(slot.spec.id, len(slot.queue))
         self._events.in_flight(slot.spec.id, len(slot.leases))
-        if len(slot.queue):
+        self._events.serving(slot.spec.id, slot.serving())
+        if kv_full:
+            self._set_reason(
+                slot,
+                f"{slot.spec.id}'s KV cache is reserved ({slot.kv_reserved} of "
+                f"{slot.kv_budget} tokens, {len(slot.leases)} running)",
+            )
+        elif len(slot.queue):
             self._set_reason(slot, f"{slot.spec.id} is busy ({len(slot.leases)} running)")
 
     def _plan(self, slot: Slot) -> None:

@@ -16,7 +16,7 @@ from engine.fairqueue import FairQueue
 from engine.leases import Lease
 from engine.memory import MemoryNeed
 from engine.scheduler import Resident
-from engine.states import ModelState, ModelStatus, WaitingRequest
+from engine.states import ModelState, ModelStatus, Serving, WaitingRequest
 from engine.store import ModelSpec
 from engine.workers import Worker
 
@@ -27,6 +27,7 @@ class Waiter:
     future: asyncio.Future[Lease]
     enqueued: float
     may_load: bool = True  # whether this request may cause its model to be loaded
+    kv_tokens: int = 0  # the KV cache it will reserve: prompt plus max_tokens, per choice
     internal: bool = False  # the admin's own load (``request_load``): outside any caller's share
     reason: str = "queued"
 
@@ -52,6 +53,40 @@ class Slot:
     durations: deque[float] = field(default_factory=lambda: deque(maxlen=20))
     loads: int = 0
     crashed: bool = False  # failed because its worker died while serving
+    decoding: str | None = None  # how its worker decodes (from the load), and why
+    decoding_reason: str = ""
+
+    @property
+    def kv_budget(self) -> int:
+        """Tokens of KV cache all running requests may reserve together (0: unbounded)."""
+        return self.need.kv_tokens if self.need else 0
+
+    @property
+    def kv_reserved(self) -> int:
+        return sum(lease.kv_tokens for lease in self.leases)
+
+    def kv_fits(self, tokens: int) -> bool:
+        """Whether a request reserving ``tokens`` may start now: it fits beside the
+        running ones, or nothing runs (a request larger than the budget is the
+        pipeline's to clamp, and the worker's to refuse)."""
+        budget = self.kv_budget
+        return not self.leases or not budget or self.kv_reserved + tokens <= budget
+
+    def serving(self) -> Serving | None:
+        if self.state is not ModelState.READY or self.decoding is None:
+            return None
+        stats = self.worker.stats if self.worker is not None else None
+        return Serving(
+            decoding=self.decoding,
+            decoding_reason=self.decoding_reason,
+            batch=stats.batch if stats else 0,
+            prefilling=stats.prefilling if stats else 0,
+            waiting=stats.waiting if stats else 0,
+            kv_budget_tokens=self.kv_budget,
+            kv_reserved_tokens=self.kv_reserved,
+            kv_used_bytes=stats.kv_used_bytes if stats else 0,
+            longest_pause=stats.longest_pause if stats else 0.0,
+        )
 
     @property
     def recoverable(self) -> bool:
@@ -111,6 +146,7 @@ class Slot:
             pid=self.worker.pid if self.worker is not None else None,
             crashed=self.recoverable,
             waiting=tuple(WaitingRequest(w.caller, now - w.enqueued, w.reason) for w in self.queue),
+            serving=self.serving(),
         )
 
     # --- estimates (for honest Retry-After values) ---------------------------

@@ -25,6 +25,23 @@ HOLDING = (ModelState.LOADING, ModelState.READY, ModelState.DRAINING, ModelState
 
 
 @dataclass(frozen=True)
+class Serving:
+    """How a ready model serves its running requests: the decoder its worker chose
+    (and why), the batch, the prompts being prefilled, and the KV cache reserved by
+    the registry (tokens) and used by the worker (bytes)."""
+
+    decoding: str
+    decoding_reason: str
+    batch: int
+    prefilling: int
+    waiting: int  # waiting in the worker for KV budget (the registry's estimate fell short)
+    kv_budget_tokens: int
+    kv_reserved_tokens: int
+    kv_used_bytes: int
+    longest_pause: float  # seconds between two tokens of a running stream, last minute
+
+
+@dataclass(frozen=True)
 class WaitingRequest:
     caller: str
     waited: float
@@ -50,3 +67,4 @@ class ModelStatus:
     pid: int | None = None
     crashed: bool = False  # failed because its worker died while serving
     waiting: tuple[WaitingRequest, ...] = ()
+    serving: Serving | None = None

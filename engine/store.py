@@ -29,6 +29,8 @@ class ModelSpec:
     repo: str | None = None
     revision: str | None = None
     tool_format: str | None = None  # a fallback for a template without tool support
+    kv_budget: int | None = None  # KV tokens of all running generations; None: derived
+    decoding: str | None = None  # "auto", "batched", "interleaved"; None: the engine's
 
     @property
     def on_disk(self) -> bool:

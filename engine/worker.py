@@ -24,6 +24,7 @@ from engine.protocol import (
     PLAIN_OUTPUT,
     Cancel,
     ChatMessage,
+    Decoding,
     Delta,
     Failed,
     Finished,
@@ -38,6 +39,7 @@ from engine.protocol import (
     Shutdown,
     Started,
     ToWorker,
+    WorkerStats,
     frame,
     frame_length,
     from_worker_decoder,
@@ -67,6 +69,8 @@ class WorkerProcess:
         self._streams: dict[int, asyncio.Queue[object]] = {}
         self._reader = asyncio.get_running_loop().create_task(self._read())
         self.exit_reason: str | None = None
+        self.stats: WorkerStats | None = None
+        self.on_stats: Callable[[], None] | None = None  # called when ``stats`` changes
 
     @classmethod
     async def spawn(
@@ -106,12 +110,16 @@ class WorkerProcess:
         *,
         prompt_cache_size: int,
         on_progress: Callable[[int], None] | None = None,
+        decoding: Decoding = "auto",
+        kv_budget_tokens: int = 0,
     ) -> Loaded:
         """Load a model; ``on_progress`` gets the worker's resident bytes about once a second."""
         loop = asyncio.get_running_loop()
         self._on_progress = on_progress
         self._pending_load = loop.create_future()
-        await self._send(Load(model_id, str(model_dir), prompt_cache_size))
+        await self._send(
+            Load(model_id, str(model_dir), prompt_cache_size, decoding, kv_budget_tokens)
+        )
         return await self._pending_load
 
     async def generate(
@@ -123,6 +131,7 @@ class WorkerProcess:
         tokens: tuple[int, ...] | None = None,
         partition: str = "",
         output: OutputSpec = PLAIN_OUTPUT,
+        caller: str = "",
     ) -> AsyncIterator[Started | Delta | Finished]:
         """Run one generation; leaving the iteration early cancels it in the worker."""
         req_id = next(_ids)
@@ -139,6 +148,7 @@ class WorkerProcess:
                     tokens=tokens,
                     partition=partition,
                     output=output,
+                    caller=caller,
                 )
             )
             while True:
@@ -230,6 +240,11 @@ class WorkerProcess:
         if isinstance(message, LoadProgress):
             if self._on_progress is not None:
                 self._on_progress(message.resident_bytes)
+            return
+        if isinstance(message, WorkerStats):
+            self.stats = message
+            if self.on_stats is not None:
+                self.on_stats()
             return
         if isinstance(message, Loaded | LoadFailed):
             future = self._pending_load

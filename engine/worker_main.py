@@ -6,11 +6,13 @@ or the end of its input.
 
 Threads: a reader thread decodes frames from stdin into an inbox; the main
 thread does every MLX call (MLX streams are thread-local) and is the only
-writer of frames.  Between two decode steps the main thread drains the inbox,
-so a cancel stops its generation within one step, and active generations
-advance round-robin, one step each: a token, or for a generation whose prompt
-is still being prefilled one slice of it (``engine.prefill``), so a long prompt
-never stalls the other streams for longer than a slice.
+writer of frames.  Between two steps the main thread drains the inbox, so a
+cancel stops its generation within one step.  Each step is one turn of the
+``WorkerScheduler``: one slice of a prompt being prefilled (``engine.prefill``),
+then one decode step of the running generations, batched or in turn
+(``engine.decoders``), so a long prompt never stalls the other streams for
+longer than a slice.  The worker reports how it serves (``WorkerStats``) when
+generations join or leave and about once a second while any run.
 
 A ``Generate`` runs on the tokens the gateway sent when it sent them (checked,
 never tokenized again), and reads and writes only the prompt cache of its own
@@ -28,6 +30,7 @@ import os
 import queue
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -45,6 +48,7 @@ from engine.protocol import (
     LoadFailed,
     LoadProgress,
     Shutdown,
+    WorkerStats,
     frame,
     frame_length,
     to_worker_decoder,
@@ -52,6 +56,7 @@ from engine.protocol import (
 
 if TYPE_CHECKING:
     from engine.generation import Generation, ModelRunner
+    from engine.worker_scheduler import WorkerScheduler
 
 log = logging.getLogger("engine.worker")
 
@@ -91,7 +96,9 @@ class Worker:
         self._write_lock = threading.Lock()
         self._inbox: queue.Queue[object] = queue.Queue()
         self._runner: ModelRunner | None = None
-        self._active: dict[int, Generation] = {}
+        self._scheduler: WorkerScheduler[Generation] | None = None
+        self._stats_sent = 0.0
+        self._stats_due = False
 
     def send(self, message: FromWorker) -> None:
         data = frame(message)
@@ -106,7 +113,7 @@ class Worker:
         import engine.generation  # noqa: F401  (import MLX now: a spare worker is warm)
 
         while True:
-            block = not self._active
+            block = not self._busy
             try:
                 while True:
                     message = self._inbox.get(block=block)
@@ -116,6 +123,11 @@ class Worker:
             except queue.Empty:
                 pass
             self._advance_all()
+            self._report()
+
+    @property
+    def _busy(self) -> bool:
+        return self._scheduler is not None and self._scheduler.active
 
     def _handle(self, message: object) -> bool:
         if message is _EOF or isinstance(message, Shutdown):
@@ -124,14 +136,17 @@ class Worker:
             self._load(message)
         elif isinstance(message, Generate):
             self._start(message)
-        elif isinstance(message, Cancel):
-            generation = self._active.pop(message.req_id, None)
+        elif isinstance(message, Cancel) and self._scheduler is not None:
+            generation = self._scheduler.remove(message.req_id)
             if generation is not None:
+                self._stats_due = True
                 self.send(generation.finish("cancelled"))
         return True
 
     def _load(self, message: Load) -> None:
+        from engine.decoders import choose_decoding
         from engine.generation import ModelRunner
+        from engine.worker_scheduler import WorkerScheduler
 
         loaded = threading.Event()
 
@@ -146,6 +161,7 @@ class Worker:
             runner = ModelRunner(
                 message.model_id, Path(message.model_dir), message.prompt_cache_size
             )
+            decoder = choose_decoding(runner, message.decoding)
         except Exception as exc:
             log.exception("load of %s failed", message.model_id)
             self.send(LoadFailed(f"{type(exc).__name__}: {exc}"))
@@ -154,14 +170,25 @@ class Worker:
             loaded.set()
             beat.join()
         self._runner = runner
+        budget = message.kv_budget_tokens or 1 << 62
+        self._scheduler = WorkerScheduler(decoder, budget)
         self.send(
-            Loaded(message.model_id, runner.load_seconds, resident_bytes(), runner.context_length)
+            Loaded(
+                message.model_id,
+                runner.load_seconds,
+                resident_bytes(),
+                runner.context_length,
+                decoder.mode,
+                decoder.reason,
+                runner.kv_bytes_per_token,
+            )
         )
 
     def _start(self, message: Generate) -> None:
         from engine.generation import InvalidGeneration, PromptTooLong
+        from engine.worker_scheduler import KVBudgetExceeded
 
-        if self._runner is None:
+        if self._runner is None or self._scheduler is None:
             self.send(Failed(message.req_id, "internal", "no model is loaded in this worker"))
             return
         try:
@@ -176,34 +203,67 @@ class Worker:
             log.exception("request %d could not start", message.req_id)
             self.send(Failed(message.req_id, "invalid_request", f"{type(exc).__name__}: {exc}"))
             return
-        self._active[message.req_id] = generation
+        try:
+            self._scheduler.add(generation)
+        except KVBudgetExceeded as exc:
+            self.send(Failed(message.req_id, "context_length_exceeded", str(exc)))
+            return
+        self._stats_due = True
         self.send(generation.started)
 
     def _advance_all(self) -> None:
-        for req_id, generation in list(self._active.items()):
-            try:
-                event = generation.step()
-            except Exception as exc:
-                traceback.print_exc()
-                del self._active[req_id]
+        if not self._busy:
+            return
+        assert self._scheduler is not None
+        for generation, outcome in self._scheduler.step():
+            if isinstance(outcome, BaseException):
+                traceback.print_exception(outcome)
+                self._stats_due = True
                 self.send(
-                    Failed(req_id, "internal", f"generation failed: {type(exc).__name__}: {exc}")
+                    Failed(
+                        generation.req_id,
+                        "internal",
+                        f"generation failed: {type(outcome).__name__}: {outcome}",
+                    )
                 )
                 continue
-            if event is None:  # a slice of its prompt was prefilled
-                continue
-            if isinstance(event, Finished):
-                del self._active[req_id]
-                self.send(event)
-            elif isinstance(event, Delta) and (
-                event.text or event.reasoning or event.calls or event.logprobs
+            event, done = outcome
+            if done:
+                self._stats_due = True
+            if isinstance(event, Finished) or (
+                isinstance(event, Delta)
+                and (event.text or event.reasoning or event.calls or event.logprobs)
             ):
                 self.send(event)
+
+    def _report(self) -> None:
+        """Send ``WorkerStats`` when generations joined or left, or a second passed."""
+        from engine.decoders import cache_bytes
+
+        scheduler = self._scheduler
+        if scheduler is None:
+            return
+        now = time.monotonic()
+        if not self._stats_due and not (scheduler.active and now - self._stats_sent >= 1.0):
+            return
+        stats = scheduler.stats()
+        self.send(
+            WorkerStats(
+                stats.batch,
+                stats.prefilling,
+                stats.waiting,
+                stats.kv_reserved_tokens,
+                scheduler.decoder.kv_bytes()
+                + sum(cache_bytes(g.cache) for g in scheduler.prefilling()),
+                stats.longest_pause,
+            )
+        )
+        self._stats_sent, self._stats_due = now, False
 
 
 def main() -> None:
     logging.basicConfig(
-        level=os.environ.get("GATEWAY_WORKER_LOG_LEVEL", "WARNING"),
+        level=os.environ.get("MLX_GATEWAY_WORKER_LOG_LEVEL", "WARNING"),
         format="worker[%(process)d] %(levelname)s %(message)s",
         stream=sys.stderr,
     )

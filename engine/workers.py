@@ -16,12 +16,14 @@ from typing import Protocol
 from engine.protocol import (
     PLAIN_OUTPUT,
     ChatMessage,
+    Decoding,
     Delta,
     Finished,
     Loaded,
     OutputSpec,
     SamplingParams,
     Started,
+    WorkerStats,
 )
 
 
@@ -29,12 +31,18 @@ class Worker(Protocol):
     """What the registry needs of a worker (``WorkerProcess`` or a test fake)."""
 
     on_exit: Callable[[str], None] | None
+    on_stats: Callable[[], None] | None
 
     @property
     def alive(self) -> bool: ...
 
     @property
     def pid(self) -> int | None: ...
+
+    @property
+    def stats(self) -> WorkerStats | None:
+        """The latest report of how the loaded model is serving (None before any)."""
+        ...
 
     async def load(
         self,
@@ -43,6 +51,8 @@ class Worker(Protocol):
         *,
         prompt_cache_size: int,
         on_progress: Callable[[int], None] | None = None,
+        decoding: Decoding = "auto",
+        kv_budget_tokens: int = 0,
     ) -> Loaded: ...
 
     def generate(
@@ -54,6 +64,7 @@ class Worker(Protocol):
         tokens: tuple[int, ...] | None = None,
         partition: str = "",
         output: OutputSpec = PLAIN_OUTPUT,
+        caller: str = "",
     ) -> AsyncIterator[Started | Delta | Finished]: ...
 
     def cancel_all(self, reason: str) -> int: ...

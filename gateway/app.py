@@ -53,6 +53,7 @@ def registry_config(settings: Settings) -> RegistryConfig:
         queue_per_key=queue_per_key(engine),
         worker_overhead=engine.worker_overhead_bytes,
         spare_worker=engine.spare_worker,
+        decoding=engine.decoding,
     )
 
 

@@ -41,6 +41,8 @@ def build_store(settings: Settings) -> ModelStore:
                 repo=entry.repo or None,
                 revision=entry.revision if entry.repo else None,
                 tool_format=entry.tool_format,
+                kv_budget=entry.kv_budget,
+                decoding=entry.decoding,
             )
         )
     bundled = store.specs.get(BUNDLED_ID)

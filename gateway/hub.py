@@ -190,6 +190,8 @@ async def fetch_hub_need(ctx: AppContext, spec: ModelSpec, plan: DownloadPlan) -
             weights,
             context_length=spec.context_length,
             overhead=ctx.settings.engine.worker_overhead_bytes,
+            sequences=ctx.settings.engine.max_concurrent_per_model,
+            kv_budget=spec.kv_budget,
         )
     except MemoryEstimateError as exc:
         raise InvalidRequest(f"{plan.repo} cannot be served: {exc}", param="model") from exc

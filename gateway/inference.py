@@ -53,6 +53,12 @@ class InferenceCall:
     may_load: bool = True
     output: OutputSpec = PLAIN_OUTPUT
 
+    @property
+    def kv_tokens(self) -> int:
+        """The KV cache the call reserves: each choice's prompt plus its ``max_tokens``
+        (the prompt counted when the gateway tokenized it; the worker counts exactly)."""
+        return self.n * (len(self.tokens or ()) + self.params.max_tokens)
+
 
 @dataclass(frozen=True)
 class TextOut:
@@ -206,7 +212,9 @@ async def open_session(
     ``caller`` is the opaque tag the registry's fair queue uses; ``wait`` bounds
     the wait for the model (default: the registry's ``load_wait``).
     """
-    lease = await registry.acquire(call.model_id, caller, wait, may_load=call.may_load)
+    lease = await registry.acquire(
+        call.model_id, caller, wait, may_load=call.may_load, kv_tokens=call.kv_tokens
+    )
     try:
         session = InferenceSession(registry, lease, call)
     except BaseException:

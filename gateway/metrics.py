@@ -186,6 +186,48 @@ in_flight_requests = Gauge(
     ["model"],
     registry=REGISTRY,
 )
+decode_batch_size = Gauge(
+    "gateway_decode_batch_size",
+    "Generations decoding on a model now (one batch when it decodes batched).",
+    ["model"],
+    registry=REGISTRY,
+)
+prefill_queue = Gauge(
+    "gateway_prefill_queue",
+    "Generations on a model whose prompt is being prefilled, or waiting to start.",
+    ["model"],
+    registry=REGISTRY,
+)
+kv_budget_tokens = Gauge(
+    "gateway_kv_budget_tokens",
+    "Tokens of KV cache a model's running requests may reserve together.",
+    ["model"],
+    registry=REGISTRY,
+)
+kv_reserved_tokens = Gauge(
+    "gateway_kv_reserved_tokens",
+    "Tokens of KV cache a model's running requests reserved (prompt plus max_tokens).",
+    ["model"],
+    registry=REGISTRY,
+)
+kv_used_bytes = Gauge(
+    "gateway_kv_used_bytes",
+    "Bytes of KV cache a model's running generations hold, as its worker reported.",
+    ["model"],
+    registry=REGISTRY,
+)
+decode_pause_seconds = Gauge(
+    "gateway_decode_pause_longest_seconds",
+    "The longest wait between two tokens of a running stream on a model in the last minute.",
+    ["model"],
+    registry=REGISTRY,
+)
+decoding_mode = Gauge(
+    "gateway_decoding_mode",
+    "1 for the way a loaded model decodes concurrent requests (batched or interleaved).",
+    ["model", "mode"],
+    registry=REGISTRY,
+)
 worker_crashes_total = Counter(
     "gateway_worker_crashes_total",
     "Worker processes that exited unexpectedly, by model.",

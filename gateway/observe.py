@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from engine.events import EngineEvents
+from engine.states import Serving
 from gateway import metrics as m
 from gateway.http_errors import to_gateway_error
 
@@ -74,6 +75,19 @@ class MetricEvents(EngineEvents):
         if result == "ok":
             m.model_load_duration_seconds.labels(model_id).observe(seconds)
             m.model_memory_bytes.labels(model_id).set(memory_bytes)
+
+    def serving(self, model_id: str, serving: Serving | None) -> None:
+        for mode in ("batched", "interleaved"):
+            m.decoding_mode.labels(model_id, mode).set(
+                1 if serving is not None and serving.decoding == mode else 0
+            )
+        s = serving or Serving("", "", 0, 0, 0, 0, 0, 0, 0.0)
+        m.decode_batch_size.labels(model_id).set(s.batch)
+        m.prefill_queue.labels(model_id).set(s.prefilling + s.waiting)
+        m.kv_budget_tokens.labels(model_id).set(s.kv_budget_tokens)
+        m.kv_reserved_tokens.labels(model_id).set(s.kv_reserved_tokens)
+        m.kv_used_bytes.labels(model_id).set(s.kv_used_bytes)
+        m.decode_pause_seconds.labels(model_id).set(s.longest_pause)
 
     def unloaded(self, model_id: str) -> None:
         emit("unload", model=model_id)

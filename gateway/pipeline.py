@@ -148,11 +148,17 @@ def _resources(ctx: AppContext, spec: ModelSpec, need: MemoryNeed | None) -> Mod
     )
 
 
-def _context_length(ctx: AppContext, spec: ModelSpec) -> int | None:
+def _context_length(ctx: AppContext, spec: ModelSpec, n: int = 1) -> tuple[int, str] | None:
+    """The most tokens (prompt plus completion) one choice of a request may take, and
+    what bounds it: the serving context, or the model's KV budget shared by ``n``."""
     try:
-        return ctx.registry.need(spec.id).context_length
+        need = ctx.registry.need(spec.id)
     except MemoryEstimateError:
         return None
+    share = need.kv_tokens // max(1, n) if need.kv_tokens else need.context_length
+    if share < need.context_length:
+        return share, f"this model's KV budget of {need.kv_tokens} tokens for {n} choice(s)"
+    return need.context_length, f"the model's context of {need.context_length} tokens"
 
 
 def _too_long(message: str) -> InvalidRequest:
@@ -212,12 +218,13 @@ async def tokenize(
     room the prompt leaves in the context (``max_tokens`` is a ceiling).  Only a
     prompt that leaves no room at all is refused, before any worker sees it (and
     without tokenizing it when its size alone says so)."""
-    context_length = _context_length(ctx, spec)
-    if context_length is None or ctx.tokenizers is None:
+    bound = _context_length(ctx, spec, ask.n)
+    if bound is None or ctx.tokenizers is None:
         return None, ask  # unreadable config: the worker clamps or refuses, or the load fails
+    context_length, limit = bound
     try:
         if not await ctx.tokenizers.fits(spec.path, ask.text_bytes, context_length - 1):
-            raise _too_long(f"the prompt cannot fit the model's context of {context_length} tokens")
+            raise _too_long(f"the prompt cannot fit {limit}")
         if ask.messages is not None:
             ids = await ctx.tokenizers.chat(spec.path, ask.messages, ask.output)
         else:
@@ -235,10 +242,7 @@ async def tokenize(
         raise _too_long("the prompt is empty")
     room = context_length - len(ids)
     if room < 1:
-        raise _too_long(
-            f"the prompt has {len(ids)} tokens: it leaves no room in the model's context "
-            f"of {context_length} tokens"
-        )
+        raise _too_long(f"the prompt has {len(ids)} tokens: it leaves no room in {limit}")
     if ask.params.max_tokens > room:
         ask = replace(ask, params=msgspec.structs.replace(ask.params, max_tokens=room))
     return tuple(ids), ask

@@ -72,6 +72,8 @@ class CatalogueEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     keep_alive: float | None = None
     context_length: Annotated[int, Meta(ge=1)] | None = None
     tool_format: Literal["json_tools"] | None = None
+    kv_budget: Annotated[int, Meta(ge=1)] | None = None
+    decoding: Literal["auto", "batched", "interleaved"] | None = None
 
 
 class ModelsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -92,7 +94,7 @@ class ModelsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         dict[str, CatalogueEntry],
         _doc(
             "Models by id: path or repo+revision, aliases, pinned, keep_alive, "
-            "context_length, tool_format."
+            "context_length, tool_format, kv_budget, decoding."
         ),
     ] = {}
     default: Annotated[str, _doc("Catalogue id that the alias `default` and /ready refer to.")] = (
@@ -144,6 +146,13 @@ class EngineSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     stream_load_wait: Annotated[
         float, _doc("Seconds a streaming request waits for its model, sending keep-alives.", gt=0)
     ] = 600.0
+    decoding: Annotated[
+        Literal["auto", "batched", "interleaved"],
+        _doc(
+            "How concurrent requests on one model decode: one batch, one token each in "
+            "turn, or auto (measured at load)."
+        ),
+    ] = "auto"
     max_concurrent_per_model: Annotated[
         int, _doc("Requests generating at once on one model; more wait in its queue.", ge=1)
     ] = 4

@@ -19,6 +19,7 @@ from litestar import Request, Response, delete, get, post
 from engine.downloads import DownloadJob, JobState
 from engine.errors import EngineError
 from engine.registry import ModelState, ModelStatus
+from engine.states import Serving
 from engine.store import ModelSpec
 from gateway.admission import background
 from gateway.auth import principal_of, require_admin
@@ -36,6 +37,21 @@ class WaitingView(msgspec.Struct, frozen=True):
     reason: str
 
 
+class ServingView(msgspec.Struct, frozen=True):
+    """How a ready model serves: its decoding mode and why, the batch, the prompts
+    being prefilled, the KV cache reserved and used, the longest decode pause."""
+
+    decoding: str
+    decoding_reason: str
+    batch_size: int
+    prefilling: int
+    waiting_for_kv: int
+    kv_budget_tokens: int
+    kv_reserved_tokens: int
+    kv_used_bytes: int
+    longest_decode_pause_seconds: float
+
+
 class ModelView(msgspec.Struct, frozen=True):
     id: str
     state: str
@@ -51,6 +67,7 @@ class ModelView(msgspec.Struct, frozen=True):
     loads: int
     pid: int | None
     waiting: list[WaitingView]
+    serving: ServingView | None
 
 
 class ModelsView(msgspec.Struct, frozen=True):
@@ -76,6 +93,23 @@ def view(status: ModelStatus) -> ModelView:
         loads=status.loads,
         pid=status.pid,
         waiting=[WaitingView(w.caller, round(w.waited, 3), w.reason) for w in status.waiting],
+        serving=serving_view(status.serving),
+    )
+
+
+def serving_view(s: Serving | None) -> ServingView | None:
+    if s is None:
+        return None
+    return ServingView(
+        s.decoding,
+        s.decoding_reason,
+        s.batch,
+        s.prefilling,
+        s.waiting,
+        s.kv_budget_tokens,
+        s.kv_reserved_tokens,
+        s.kv_used_bytes,
+        round(s.longest_pause, 3),
     )
 
 

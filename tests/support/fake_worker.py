@@ -15,12 +15,14 @@ from engine.errors import ModelLoadFailed, RequestCancelled, WorkerCrashed
 from engine.protocol import (
     PLAIN_OUTPUT,
     ChatMessage,
+    Decoding,
     Delta,
     Finished,
     Loaded,
     OutputSpec,
     SamplingParams,
     Started,
+    WorkerStats,
 )
 
 
@@ -35,6 +37,8 @@ class FakeWorker:
         self._cancel: str | None = None
         self.in_flight = 0
         self.pid: int | None = None
+        self.stats: WorkerStats | None = None
+        self.on_stats: Callable[[], None] | None = None
 
     async def load(
         self,
@@ -43,8 +47,11 @@ class FakeWorker:
         *,
         prompt_cache_size: int,
         on_progress: Callable[[int], None] | None = None,
+        decoding: Decoding = "auto",
+        kv_budget_tokens: int = 0,
     ) -> Loaded:
         self._factory.loads.append(model_id)
+        self.load_options = {"decoding": decoding, "kv_budget_tokens": kv_budget_tokens}
         await self._factory.load_gate.wait()
         if not self.alive:
             raise ModelLoadFailed("the worker exited while loading")
@@ -62,6 +69,7 @@ class FakeWorker:
         tokens: tuple[int, ...] | None = None,
         partition: str = "",
         output: OutputSpec = PLAIN_OUTPUT,
+        caller: str = "",
     ) -> AsyncIterator[Started | Delta | Finished]:
         self.in_flight += 1
         try:

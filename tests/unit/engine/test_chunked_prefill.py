@@ -1,5 +1,6 @@
-"""Chunked prefill in ``ModelRunner``, on a real tiny model: a long prompt is fed in
-slices, one per step, so other generations keep decoding between them.
+"""Chunked prefill in ``ModelRunner``, on a real tiny model driven by the worker's
+scheduler: a long prompt is fed in slices, one per step, so other generations keep
+decoding between them.
 
 The pace is fixed here (``FixedPace``), so the number of slices does not depend
 on the machine's speed; everything runs on the test's one thread.
@@ -14,7 +15,8 @@ import pytest
 
 from engine.generation import Generation, ModelRunner
 from engine.prefill import PrefillPace
-from engine.protocol import Delta, Finished, Generate, SamplingParams
+from engine.protocol import Generate, SamplingParams
+from tests.support import stepping
 
 _ids = itertools.count(1)
 GREEDY = SamplingParams(max_tokens=6, temperature=0.0, logit_bias={2: -100.0})
@@ -41,13 +43,8 @@ def start(runner: ModelRunner, tokens: list[int], partition: str = "p") -> Gener
 
 def run(generation: Generation) -> tuple[int, list[int]]:
     """Steps that released nothing (prefill slices) and the tokens generated."""
-    silent = 0
-    while True:
-        event = generation.step()
-        if event is None:
-            silent += 1
-        elif isinstance(event, Finished):
-            return silent, generation.tokens[len(generation.prompt) :]
+    silent, _, _ = stepping.run(generation.runner, generation)
+    return silent, stepping.tokens_of(generation)
 
 
 def prompt(n: int, seed: int = 0) -> list[int]:
@@ -56,8 +53,10 @@ def prompt(n: int, seed: int = 0) -> list[int]:
 
 def test_a_long_prompt_is_prefilled_one_slice_per_step(runner):
     runner.pace = FixedPace(100)
-    silent, generated = run(start(runner, prompt(1001), partition="slices"))
-    assert silent == 10  # 1,000 tokens in slices of 100; the last one starts decoding
+    generation = start(runner, prompt(1001), partition="slices")
+    silent, generated = run(generation)
+    assert generation.prefill.slices == 10  # 1,000 tokens in slices of 100
+    assert silent == 9  # the step of the last slice decodes the first token (the 1,001st)
     assert len(generated) == 6
 
 
@@ -73,22 +72,29 @@ def test_running_streams_decode_between_the_slices_of_a_long_prompt(runner):
     runner.pace = FixedPace(64)
     running = start(runner, prompt(20, seed=2), partition="a")
     long = start(runner, prompt(1200, seed=3), partition="b")
-    order = []
-    active = {"running": running, "long": long}
-    while active:  # the worker's round-robin: one step of each, in turn
-        for name, generation in list(active.items()):
-            event = generation.step()
-            order.append(name if isinstance(event, Delta | Finished) else f"{name}:slice")
-            if isinstance(event, Finished):
-                del active[name]
-    first_tokens = [i for i, name in enumerate(order) if name == "running"][:5]
-    assert all(order[i + 1] == "long:slice" for i in first_tokens[:4])
+    scheduler = stepping.scheduler(runner)
+    scheduler.add(running)
+    scheduler.add(long)
+    steps = 0
+    while running.req_id in scheduler:
+        outputs = [g for g, outcome in scheduler.step() if g is running]
+        assert len(outputs) == 1, "the running stream gets a token in every step"
+        steps += 1
+    # Its one slice came first, then one slice of the long prompt per step.
+    assert steps == 6 and long.prefill.slices == 5 and not long.prefilled
+    while scheduler.active:
+        list(scheduler.step())
+    assert long.prefill.slices == 19  # 1,199 tokens in slices of 64
+    assert long.completion_tokens == 6
 
 
 def test_cancel_mid_prefill_ends_at_once_and_caches_nothing(runner):
     runner.pace = FixedPace(50)
     generation = start(runner, prompt(800, seed=4), partition="cancel")
-    assert generation.step() is None and generation.step() is None
+    scheduler = stepping.scheduler(runner)
+    scheduler.add(generation)
+    assert list(scheduler.step()) == [] and list(scheduler.step()) == []
+    assert scheduler.remove(generation.req_id) is generation and not scheduler.active
     end = generation.finish("cancelled")
     assert (end.finish_reason, end.completion_tokens) == ("cancelled", 0)
     assert runner.prompt_cache.entries("cancel") == 0

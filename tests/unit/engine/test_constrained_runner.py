@@ -26,6 +26,7 @@ from engine.protocol import (
     SamplingParams,
     ToolSpec,
 )
+from tests.support import stepping
 
 HELLO = (ChatMessage("user", "hello"),)
 _ids = itertools.count(1)
@@ -51,13 +52,8 @@ def start(runner: ModelRunner, output: OutputSpec, **params) -> Generation:
 
 
 def run(generation: Generation) -> tuple[list[Delta], Finished]:
-    deltas = []
-    while True:
-        event = generation.step()
-        if isinstance(event, Finished):
-            return deltas, event
-        if event is not None:  # None: a slice of the prompt was prefilled
-            deltas.append(event)
+    _, deltas, end = stepping.run(generation.runner, generation)
+    return deltas, end
 
 
 def text_of(deltas: list[Delta], end: Finished) -> str:
@@ -80,21 +76,14 @@ def test_a_schema_is_compiled_once_and_each_request_gets_its_own_matcher(runner)
 
 
 def test_interleaved_constrained_generations_keep_their_own_grammar(runner):
-    first = start(runner, json_schema_output(["x1"]), temperature=1.0, seed=3)
-    second = start(runner, json_schema_output(["y2"]), temperature=1.0, seed=4)
-    texts = {id(first): "", id(second): ""}
-    active = [first, second]
-    while active:
-        for generation in list(active):
-            event = generation.step()
-            if event is None:
-                continue
-            texts[id(generation)] += event.text
-            if isinstance(event, Finished):
-                assert event.finish_reason == "stop"
-                active.remove(generation)
-    assert json.loads(texts[id(first)])["pick"] == "x1"
-    assert json.loads(texts[id(second)])["pick"] == "y2"
+    for mode in ("interleaved", "batched"):
+        first = start(runner, json_schema_output(["x1"]), temperature=1.0, seed=3)
+        second = start(runner, json_schema_output(["y2"]), temperature=1.0, seed=4)
+        results = stepping.run_all(stepping.scheduler(runner, mode), first, second)
+        for generation, pick in ((first, "x1"), (second, "y2")):
+            _, deltas, end = results[generation.req_id]
+            assert end.finish_reason == "stop"
+            assert json.loads(text_of(deltas, end))["pick"] == pick
 
 
 def test_a_forced_call_is_reported_as_a_tool_call(runner):
@@ -118,7 +107,10 @@ def test_a_stop_string_ends_a_constrained_generation(runner):
 
 def test_a_cancelled_constrained_generation_ends_at_once(runner):
     generation = start(runner, json_schema_output(["a"]))
-    generation.step()
+    scheduler = stepping.scheduler(runner)
+    scheduler.add(generation)
+    list(scheduler.step())
+    scheduler.remove(generation.req_id)
     end = generation.finish("cancelled")
     assert end.finish_reason == "cancelled"
     # The runner is free for the next one.

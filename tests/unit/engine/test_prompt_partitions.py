@@ -22,6 +22,7 @@ from engine.generation import (
 )
 from engine.protocol import ChatMessage, Finished, Generate, SamplingParams, Started
 from engine.worker import WorkerProcess
+from tests.support import stepping
 
 SECRET = (ChatMessage("system", "You are Zed. The launch code is 7-4-1-9."),)
 PARAMS = SamplingParams(max_tokens=3, temperature=0.0)
@@ -49,8 +50,7 @@ def generate(
     """Run one request to its end (so its cache is remembered); its ``Started``."""
     request = Generate(next(_ids), PARAMS, messages=messages, tokens=tokens, partition=partition)
     generation: Generation = runner.start(request)
-    while not isinstance(generation.step(), Finished):
-        pass
+    stepping.run(runner, generation)
     return generation.started
 
 
@@ -145,8 +145,7 @@ def test_given_tokens_are_checked(fresh, tokens, error, message):
 def test_max_tokens_past_the_context_is_clamped_to_the_room_left(fresh):
     no_end = SamplingParams(max_tokens=500, temperature=0.0, logit_bias={2: -100.0})
     generation = fresh.start(Generate(next(_ids), no_end, prompt="x", tokens=(5,) * 2046))
-    while not isinstance(event := generation.step(), Finished):
-        pass
+    _, _, event = stepping.run(fresh, generation)
     assert (event.finish_reason, event.completion_tokens) == ("length", 2)
 
 
