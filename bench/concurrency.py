@@ -84,7 +84,6 @@ import bisect
 import json
 import math
 import os
-import signal
 import sys
 import tempfile
 import threading
@@ -103,7 +102,6 @@ from serving import (
     WARMUP_PROMPT,
     BenchError,
     Endpoint,
-    _exit_on_sigterm,
     fmt,
     free_port,
     gateway_cmd,
@@ -113,6 +111,7 @@ from serving import (
     mlx_server_cmd,
     progress,
     ratio,
+    run_guarded,
     running_server,
     versions,
 )
@@ -527,16 +526,11 @@ def main(argv: list[str] | None = None) -> int:
     if not (model_dir / "config.json").is_file():
         print(f"bench: {model_dir} has no config.json; pass --model-dir", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     started = time.time()
-    try:
-        clients, pauses = bench(args, model_dir)
-    except BenchError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench: interrupted; servers stopped", file=sys.stderr)
-        return 130
+    result, code = run_guarded(lambda: bench(args, model_dir))
+    if result is None:
+        return code
+    clients, pauses = result
     summary = summarize(clients, pauses)
     print_report(summary, args, model_dir)
     print(f"\n(wall time {time.time() - started:.0f} s)")

@@ -66,13 +66,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from openai import OpenAI
@@ -710,6 +710,23 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)  # unwinds the ExitStack: servers get stopped
 
 
+R = TypeVar("R")
+
+
+def run_guarded(work: Callable[[], R]) -> tuple[R | None, int]:
+    """Run a bench's measurements: SIGTERM unwinds them (the servers get stopped); a
+    ``BenchError`` or Ctrl-C ends with a message.  The result, and the exit code."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        return work(), 0
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return None, 1
+    except KeyboardInterrupt:
+        print("bench: interrupted; servers stopped", file=sys.stderr)
+        return None, 130
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     model_dir = args.model_dir.expanduser().resolve()
@@ -722,16 +739,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     started = time.time()
-    try:
-        summary, samples = bench(args, model_dir)
-    except BenchError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench: interrupted; servers stopped", file=sys.stderr)
-        return 130
+    result, code = run_guarded(lambda: bench(args, model_dir))
+    if result is None:
+        return code
+    summary, samples = result
     print_report(summary, args, model_dir)
     print(f"\n(wall time {time.time() - started:.0f} s)")
     if args.json:

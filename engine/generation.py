@@ -320,8 +320,8 @@ class Generation:
     def prefilled(self) -> bool:
         return self.prefill.done
 
-    def prefill_slice(self) -> None:
-        self.prefill.step(self.runner.pace)
+    def prefill_slice(self, budget: float) -> None:
+        self.prefill.step(self.runner.pace, budget)
 
     def accept(self, token: int, distribution: mx.array) -> Delta | Finished:
         """Take in one generated token (its log-distribution for logprobs) and return

@@ -20,7 +20,8 @@ from typing import Any
 
 import mlx.core as mx
 
-SLICE_SECONDS = 0.25  # the time one slice may take: the longest pause it causes
+from engine.worker_scheduler import SLICE_SECONDS
+
 MIN_SLICE = 1  # on a CPU a one-token slice costs no more per token than a long one
 MAX_SLICE = 4096
 FIRST_SLICE = 16  # before any measurement: small, since a CPU prefills ~10 tokens/s
@@ -31,32 +32,39 @@ log = logging.getLogger("engine.worker")
 class PrefillPace:
     """The measured prefill speed of one model, and the slice size it implies.
 
-    Pessimistic, since a slice that runs long is a pause for every running stream:
-    a slower measurement is believed at once (later slices of a long prompt attend
-    to more context, and the machine may be busy), a faster one only gradually, and
-    a slice is at most twice the largest one that kept within the budget (a small
-    slice's speed, dominated by fixed costs, says little about a large one)."""
+    Cautious, since a slice that runs long is a pause for every running stream: a
+    slower measurement counts mostly at once (later slices of a long prompt attend to
+    more context, and the machine may be busy), a faster one less, and a slice is
+    at most twice the largest one that kept within its budget (a small slice's
+    speed, dominated by fixed costs, says little about a large one); one that ran a
+    quarter over its budget halves that bound."""
 
     def __init__(self, budget: float = SLICE_SECONDS) -> None:
-        self.budget = budget
+        self.budget = budget  # the default; a step may give another
         self.tokens_per_second: float | None = None
-        self.proven = FIRST_SLICE // 2  # the largest slice that kept within the budget
+        self.proven = FIRST_SLICE // 2  # the largest slice that kept within its budget
 
-    def slice_tokens(self) -> int:
+    def slice_tokens(self, budget: float | None = None) -> int:
         if self.tokens_per_second is None:
             return FIRST_SLICE
-        wanted = min(int(self.tokens_per_second * self.budget), 2 * self.proven)
+        seconds = self.budget if budget is None else budget
+        wanted = min(int(self.tokens_per_second * seconds), 2 * self.proven)
         return max(MIN_SLICE, min(MAX_SLICE, wanted))
 
-    def record(self, tokens: int, seconds: float) -> None:
+    def record(self, tokens: int, seconds: float, budget: float | None = None) -> None:
         if tokens < MIN_SLICE or seconds <= 0:
             return
         rate = tokens / seconds
         old = self.tokens_per_second
-        self.tokens_per_second = rate if old is None or rate < old else 0.7 * old + 0.3 * rate
-        if seconds <= self.budget:
-            self.proven = max(self.proven, tokens)
+        if old is None:
+            self.tokens_per_second = rate
         else:
+            weight = 0.7 if rate < old else 0.3
+            self.tokens_per_second = (1 - weight) * old + weight * rate
+        allowed = self.budget if budget is None else budget
+        if seconds <= allowed:
+            self.proven = max(self.proven, tokens)
+        elif seconds > 1.25 * allowed:
             self.proven = max(MIN_SLICE, min(self.proven, tokens // 2))
 
 
@@ -74,16 +82,17 @@ class Prefill:
     def done(self) -> bool:
         return not self._pending
 
-    def step(self, pace: PrefillPace) -> None:
-        """Feed one slice of the pending tokens into the KV cache."""
-        size = pace.slice_tokens()
+    def step(self, pace: PrefillPace, budget: float | None = None) -> None:
+        """Feed one slice of the pending tokens into the KV cache, sized to take about
+        ``budget`` seconds (default: the pace's own)."""
+        size = pace.slice_tokens(budget)
         chunk, self._pending = self._pending[:size], self._pending[size:]
         started = time.perf_counter()
         with mx.stream(self._stream):
             self._model(mx.array(chunk)[None], cache=self._cache)
             mx.eval([c.state for c in self._cache])
         seconds = time.perf_counter() - started
-        pace.record(len(chunk), seconds)
+        pace.record(len(chunk), seconds, budget)
         log.debug("prefill slice of %d tokens in %.3f s", len(chunk), seconds)
         self.slices += 1
         mx.clear_cache()

@@ -196,6 +196,17 @@ class Registry:
         finally:
             self._events.waited(model_id, self._clock() - waiter.enqueued)
 
+    def would_start_now(self, model_id: str, kv_tokens: int = 0) -> bool:
+        """Whether a request reserving ``kv_tokens`` would get a lease at once: the
+        model is ready, nobody waits before it, and a slot and the KV cache are free."""
+        slot = self._slot(model_id)
+        return (
+            slot.state is ModelState.READY
+            and not len(slot.queue)
+            and len(slot.leases) < self._config.max_concurrent
+            and slot.kv_fits(kv_tokens)
+        )
+
     def release(self, lease: Lease) -> None:
         if lease.released:
             return

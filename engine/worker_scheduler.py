@@ -12,8 +12,11 @@ One ``step`` is one turn of the worker:
    forward pass, or one token each in turn, as the model's decoder does it.
 
 A running stream thus waits at most one slice plus one decode step between two
-tokens, whatever the others' prompts are.  The longest such wait of the last
-minute is kept (``longest_pause``), as is the decode batch's size.
+tokens, whatever the others' prompts are.  A slice may take ``SLICE_SECONDS``,
+or twice the last decode step when that is longer (many streams decoding one
+token each in turn): a running stream's longest wait stays within three of its
+usual gaps, and a new prompt is not starved by the streams already running.
+The longest wait of the last minute is kept (``longest_pause``).
 
 KV reservation: a generation reserves ``kv_tokens`` (its prompt plus its clamped
 ``max_tokens``) of the model's KV budget when it is added.  One that does not fit
@@ -32,6 +35,8 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 PAUSE_WINDOW = 60.0  # seconds over which the longest decode pause is reported
+SLICE_SECONDS = 0.25  # a prefill slice's time when decode steps are short
+SLICE_PER_STEP = 2.0  # else at most this many decode steps' time
 
 
 class KVBudgetExceeded(ValueError):
@@ -55,8 +60,8 @@ class Sequence(Protocol):
         """Whether every prompt token but the last is in its KV cache."""
         ...
 
-    def prefill_slice(self) -> None:
-        """Feed the next slice of the prompt into its KV cache."""
+    def prefill_slice(self, budget: float) -> None:
+        """Feed the next slice of the prompt into its KV cache, in about ``budget`` s."""
         ...
 
 
@@ -111,6 +116,7 @@ class WorkerScheduler(Generic[S]):
         self._last_token: dict[int, float] = {}
         self._reserved = 0
         self._pauses: deque[tuple[float, float]] = deque()  # (when, gap), gaps decreasing
+        self._step_seconds = 0.0  # the last decode step's time
 
     # --- joining and leaving -------------------------------------------------
 
@@ -193,6 +199,7 @@ class WorkerScheduler(Generic[S]):
         sliced = self._slice()
         if sliced is not None:
             yield sliced
+        started = self._clock()
         for seq, outcome in self.decoder.step():
             now = self._clock()
             done = isinstance(outcome, BaseException) or outcome[1]
@@ -204,6 +211,11 @@ class WorkerScheduler(Generic[S]):
             else:
                 self._last_token[seq.req_id] = now
             yield seq, outcome
+        self._step_seconds = self._clock() - started if self._decoding else 0.0
+
+    def slice_budget(self) -> float:
+        """The time the next prefill slice may take."""
+        return max(SLICE_SECONDS, SLICE_PER_STEP * self._step_seconds)
 
     def _slice(self) -> tuple[S, Outcome] | None:
         if not self._prefilling:
@@ -212,7 +224,7 @@ class WorkerScheduler(Generic[S]):
         seq = queue[0]
         self._prefilling.move_to_end(caller)  # the next slice is another caller's
         try:
-            seq.prefill_slice()
+            seq.prefill_slice(self.slice_budget())
         except Exception as exc:  # noqa: BLE001 (reported to its request alone)
             self._drop(seq)
             return seq, exc

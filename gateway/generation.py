@@ -19,7 +19,6 @@ from litestar.response import Stream
 
 from engine.errors import EngineError
 from engine.protocol import TokenLogprob, ToolCall
-from engine.registry import ModelState
 from gateway.admission import Admission
 from gateway.context import AppContext
 from gateway.errors import GatewayError
@@ -219,11 +218,12 @@ async def _wait_then_frames(
 
 async def stream(ctx: AppContext, admitted: Admitted, renderer: Renderer) -> Stream:
     """A streaming response.  Errors before the first byte are HTTP errors; a model
-    that is not ready is waited for up to ``stream_load_wait`` behind keep-alives."""
+    that is not ready, or busy (every slot or its KV cache taken, others waiting), is
+    waited for up to ``stream_load_wait`` behind keep-alives."""
     registry = ctx.registry
     call, admission, deadline = admitted.call, admitted.admission, admitted.deadline
     try:
-        if registry.status(call.model_id).state is ModelState.READY:
+        if registry.would_start_now(call.model_id, call.kv_tokens):
             session = await start(ctx, admitted)
             body = _frames(session, admission, renderer, deadline)
         else:

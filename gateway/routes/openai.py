@@ -86,7 +86,7 @@ class OpenAIRenderer:
         return event(error_body(error))
 
     def keepalive(self) -> bytes:
-        return b": waiting for the model to load\n\n"
+        return b": waiting for the model\n\n"
 
 
 def _delta(item: TextOut) -> ChatDelta:

@@ -215,7 +215,7 @@ class ResponsesRenderer:
         return self._event({"type": "error", **body})
 
     def keepalive(self) -> bytes:
-        return b": waiting for the model to load\n\n"
+        return b": waiting for the model\n\n"
 
 
 @post("/v1/responses", status_code=200)

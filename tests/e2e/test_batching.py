@@ -276,3 +276,70 @@ def test_a_prompt_that_leaves_no_room_in_the_kv_budget_is_refused(server):
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "context_length_exceeded"
     assert "KV budget" in response.json()["error"]["message"]
+
+
+def test_a_streaming_request_for_a_busy_model_waits_behind_keepalives(
+    tiny_models_dir, tmp_path_factory
+):
+    """Busy (its KV budget taken): a streaming request waits behind keep-alives up
+    to stream_load_wait and is served; a plain one gets 503 after load_wait."""
+    data = tmp_path_factory.mktemp("busy-data")
+    config = data / "gateway.toml"
+    config.write_text(
+        f'[models.catalogue.one-seq]\npath = "{tiny_models_dir / "tiny-a"}"\nkv_budget = 2048\n'
+    )
+    gateway = GatewayServer(
+        tiny_models_dir,
+        data,
+        default_model="one-seq",
+        env={"GATEWAY_CONFIG": str(config), "GATEWAY_ENGINE_LOAD_WAIT": "0.5"},
+    )
+    try:
+        busy: dict = {}
+        hog_done: list[float] = []
+
+        def hog() -> None:
+            busy.update(chat(gateway, "one-seq", "hi", max_tokens=5000))
+            hog_done.append(time.monotonic())
+
+        hogging = threading.Thread(target=hog)
+        hogging.start()
+        while not gateway.model("one-seq")["serving"]["kv_reserved_tokens"]:
+            time.sleep(0.005)
+        plain = httpx.post(
+            gateway.base_url + "/v1/chat/completions",
+            json={"model": "one-seq", "messages": [{"role": "user", "content": "x"}]},
+            headers=gateway.headers,
+            timeout=60,
+        )
+        assert plain.status_code == 503, plain.text
+        assert hogging.is_alive(), "the hog outlasts load_wait"
+        sent = time.monotonic()
+        lines: list[str] = []
+        first: list[float] = []
+        with httpx.stream(
+            "POST",
+            gateway.base_url + "/v1/chat/completions",
+            json={
+                "model": "one-seq",
+                "messages": [{"role": "user", "content": "hello"}],
+                "max_tokens": 8,
+                "logit_bias": NO_EOS,
+                "stream": True,
+            },
+            headers=gateway.headers,
+            timeout=120,
+        ) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                lines.append(line)
+                if '"content":"' in line and not first:
+                    first.append(time.monotonic())
+        hogging.join(120)
+        assert busy["choices"][0]["finish_reason"] == "length"
+        assert "data: [DONE]" in lines and first
+        assert first[0] > hog_done[0], "it started once the hog had released the KV cache"
+        waited = first[0] - sent
+        assert waited > 0.5, waited  # longer than load_wait, and not refused
+    finally:
+        gateway.stop()

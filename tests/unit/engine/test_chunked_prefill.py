@@ -27,7 +27,7 @@ class FixedPace(PrefillPace):
         super().__init__()
         self.size = size
 
-    def slice_tokens(self) -> int:
+    def slice_tokens(self, budget: float | None = None) -> int:
         return self.size
 
 

@@ -37,12 +37,14 @@ class FakeSeq:
     log: list[str] = field(default_factory=list)
     generated: int = 0
     fail_slice: bool = False
+    budgets: list[float] = field(default_factory=list)
 
     @property
     def prefilled(self) -> bool:
         return self.slices == 0
 
-    def prefill_slice(self) -> None:
+    def prefill_slice(self, budget: float) -> None:
+        self.budgets.append(budget)
         if self.fail_slice:
             raise RuntimeError("the slice failed")
         assert self.slices > 0, "sliced after its prompt was in"
@@ -76,7 +78,7 @@ class FakeDecoder:
     def step(self) -> Iterator[tuple[FakeSeq, Outcome]]:
         if not self.joined:
             return
-        self.clock.now += STEP
+        self.clock.now += STEP * len(self.joined)  # one token each in turn
         for seq in list(self.joined):
             seq.generated += 1
             self.log.append(f"token:{seq.req_id}")
@@ -134,8 +136,25 @@ def test_one_slice_per_step_and_the_running_stream_decodes_between_slices(make, 
         "token:2",
         "token:1",
     ]
-    # The longest wait of the running stream: one slice and one decode step.
-    assert scheduler.longest_pause() == pytest.approx(SLICE + STEP)
+    # The longest wait of the running stream: one slice and one decode step (of two
+    # streams: the last slice's step decodes the newcomer's first token too).
+    assert scheduler.longest_pause() == pytest.approx(SLICE + 2 * STEP)
+
+
+def test_slices_may_take_longer_when_many_streams_decode_in_turn(make, clock, log):
+    scheduler, _ = make()
+    for req_id in range(1, 9):
+        scheduler.add(seq(req_id, str(req_id), 0, clock, log, max_tokens=100))
+    list(scheduler.step())  # 8 streams, one token each: a step of 8 x STEP
+    long = seq(9, "late", 3, clock, log, max_tokens=1)
+    scheduler.add(long)
+    list(scheduler.step())
+    assert long.budgets == [2 * 8 * STEP]  # twice the decode step: 0.8 s
+    assert scheduler.slice_budget() == pytest.approx(2 * 8 * STEP)
+    for req_id in range(1, 9):
+        scheduler.remove(req_id)
+    list(scheduler.step())  # its next slice: nothing decodes any more
+    assert scheduler.slice_budget() == SLICE
 
 
 def test_callers_take_turns_slice_by_slice_first_come_first_served_within_one(make, clock, log):
