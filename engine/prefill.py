@@ -48,7 +48,8 @@ class PrefillPace:
         if self.tokens_per_second is None:
             return FIRST_SLICE
         seconds = self.budget if budget is None else budget
-        wanted = min(int(self.tokens_per_second * seconds), 2 * self.proven)
+        # Rounded, not cut: at ~7 tokens/s 1.8 tokens is two, not one slow 1-token slice.
+        wanted = min(round(self.tokens_per_second * seconds), 2 * self.proven)
         return max(MIN_SLICE, min(MAX_SLICE, wanted))
 
     def record(self, tokens: int, seconds: float, budget: float | None = None) -> None:
