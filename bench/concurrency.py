@@ -4,7 +4,7 @@ Run from the repository root, as a script (it imports its helpers with ``from se
 import ...``, which works because Python puts ``bench/`` first on ``sys.path``)::
 
     .venv/bin/python bench/concurrency.py [--model-dir DIR] [--clients 1,2,4,8]
-        [--max-tokens 48] [--runs 1] [--long-prompt-tokens 1000] [--skip-pause]
+        [--max-tokens 48] [--runs 1] [--long-prompt-tokens 1000] [--skip-pause] [--skip-clients]
         [--timeout 600] [--gateway-arg=ARG ...] [--json PATH]
 
 Both servers serve the same model directory; they are started first (one after the
@@ -27,9 +27,10 @@ official ``openai`` SDK, greedy (temperature 0), with ``stream_options.include_u
 
 Refusals (429/503) are counted, never retried; any other failure stops the bench.
 
-Part 1, for each C of ``--clients``: C threads send at the same moment, each its own
-prompt (``Client k of C, run r: ...``: new to both servers, the same on both), with
-``--max-tokens``.  Which server goes first alternates with every C and run.
+Part 1 (unless ``--skip-clients``), for each C of ``--clients``: C threads send at
+the same moment, each its own prompt (``Client k of C, run r: ...``: new to both
+servers, the same on both), with ``--max-tokens``.  Which server goes first
+alternates with every C and run.
 
 decode tok/s
     The completion tokens of all C clients (usage chunk, else content chunks)
@@ -384,6 +385,12 @@ def summarize(clients: list[dict[str, Any]], pauses: list[dict[str, Any]]) -> di
 
 def print_report(summary: dict[str, Any], args: argparse.Namespace, model_dir: Path) -> None:
     print(f"\nmodel {model_dir}  runs {args.runs}  max_tokens {args.max_tokens}  (medians)")
+    if summary["clients"]:
+        print_clients(summary)
+    print_pause(summary, args)
+
+
+def print_clients(summary: dict[str, Any]) -> None:
     print("\nPart 1: C concurrent streaming clients (gw = gateway, mlx = mlx_lm.server)")
     groups = ("decode tok/s", "wall tok/s", "TTFT p50 s", "TTFT p95 s", "gap p50 s", "gap p99 s")
     head = f"{'':>7}" + "".join(f"{g:^{24 if i < 2 else 16}}" for i, g in enumerate(groups))
@@ -406,6 +413,9 @@ def print_report(summary: dict[str, Any], args: argparse.Namespace, model_dir: P
     print("gw/mlx above 1: the gateway serves more tokens per second in all")
     if refused:
         print("refused requests (median per run): " + ", ".join(refused))
+
+
+def print_pause(summary: dict[str, Any], args: argparse.Namespace) -> None:
     if not summary["pause"]:
         return
     print(
@@ -442,7 +452,7 @@ def measure(
     pauses: list[dict[str, Any]] = []
     turn = 0
     for run in range(1, args.runs + 1):
-        for c in args.clients:
+        for c in [] if args.skip_clients else args.clients:
             for name in SYSTEMS if turn % 2 == 0 else SYSTEMS[::-1]:
                 clients.append(measure_clients(endpoints[name], c, run, args.max_tokens))
             turn += 1
@@ -498,6 +508,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--long-prompt-tokens", type=int, default=1000)
     parser.add_argument("--skip-pause", action="store_true", help="skip part 2")
+    parser.add_argument("--skip-clients", action="store_true", help="skip part 1")
     parser.add_argument(
         "--timeout", type=float, default=600.0, help="seconds to start a server or wait on a chunk"
     )

@@ -13,9 +13,10 @@ One ``step`` is one turn of the worker:
 
 A running stream thus waits at most one slice plus one decode step between two
 tokens, whatever the others' prompts are.  A slice may take ``SLICE_SECONDS``,
-or twice the last decode step when that is longer (many streams decoding one
-token each in turn): a running stream's longest wait stays within three of its
-usual gaps, and a new prompt is not starved by the streams already running.
+or 1.5 times the last decode step when that is longer (many streams decoding
+one token each in turn): a running stream's longest wait stays within about
+two and a half of its usual gaps, and a new prompt is not starved by the
+streams already running.
 The longest wait of the last minute is kept (``longest_pause``).
 
 KV reservation: a generation reserves ``kv_tokens`` (its prompt plus its clamped
@@ -36,7 +37,7 @@ from typing import Generic, Protocol, TypeVar
 
 PAUSE_WINDOW = 60.0  # seconds over which the longest decode pause is reported
 SLICE_SECONDS = 0.25  # a prefill slice's time when decode steps are short
-SLICE_PER_STEP = 2.0  # else at most this many decode steps' time
+SLICE_PER_STEP = 1.5  # else at most this many decode steps' time
 
 
 class KVBudgetExceeded(ValueError):
