@@ -35,14 +35,16 @@ class Lease:
         worker: Worker,
         caller: str = "-",
         started: float | None = None,
-        kv_tokens: int = 0,
+        kv_row: int = 0,
+        kv_choices: int = 1,
     ) -> None:
         self.id = next(Lease._ids)
         self.model_id = model_id
         self.worker = worker
         self.caller = caller
         self.released = False
-        self.kv_tokens = kv_tokens  # the KV cache it reserves (prompt plus max_tokens)
+        self.kv_row = kv_row  # the KV cache each choice reserves (prompt plus max_tokens)
+        self.kv_choices = kv_choices
         self.started = time.monotonic() if started is None else started  # the registry's clock
 
     def generate(

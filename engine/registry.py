@@ -151,11 +151,13 @@ class Registry:
         wait: float | None = None,
         *,
         may_load: bool = True,
-        kv_tokens: int = 0,
+        kv_row: int = 0,
+        kv_choices: int = 1,
     ) -> Lease:
         """Wait (up to ``wait``, default ``load_wait``) for ``model_id`` and lease it,
-        reserving ``kv_tokens`` of its KV budget (a request that would overflow the
-        budget waits in the fair queue until running requests release enough).
+        reserving ``kv_row`` tokens of its KV budget for each of ``kv_choices``
+        sequences (a request that would overflow the budget waits in the fair queue
+        until running requests release enough).
 
         Raises before anything is unloaded when the model can never fit, and at
         once when this request may not load a model that is not loaded
@@ -171,7 +173,9 @@ class Registry:
         slot = self._slot(model_id)
         self._check_admissible(slot, caller, may_load)
         future = asyncio.get_running_loop().create_future()
-        waiter = Waiter(caller, future, self._clock(), may_load=may_load, kv_tokens=kv_tokens)
+        waiter = Waiter(
+            caller, future, self._clock(), may_load=may_load, kv_row=kv_row, kv_choices=kv_choices
+        )
         slot.queue.push(caller, waiter)
         self._events.queue_changed(model_id, len(slot.queue))
         self._schedule()
@@ -196,15 +200,16 @@ class Registry:
         finally:
             self._events.waited(model_id, self._clock() - waiter.enqueued)
 
-    def would_start_now(self, model_id: str, kv_tokens: int = 0) -> bool:
-        """Whether a request reserving ``kv_tokens`` would get a lease at once: the
-        model is ready, nobody waits before it, and a slot and the KV cache are free."""
+    def would_start_now(self, model_id: str, kv_row: int = 0, kv_choices: int = 1) -> bool:
+        """Whether a request reserving ``kv_row`` tokens for each of ``kv_choices``
+        would get a lease at once: the model is ready, nobody waits before it, and a
+        slot and the KV cache are free."""
         slot = self._slot(model_id)
         return (
             slot.state is ModelState.READY
             and not len(slot.queue)
             and len(slot.leases) < self._config.max_concurrent
-            and slot.kv_fits(kv_tokens)
+            and slot.kv_fits(kv_choices, kv_row)
         )
 
     def release(self, lease: Lease) -> None:
@@ -294,7 +299,7 @@ class Registry:
         kv_full = False
         while len(slot.queue) and len(slot.leases) < self._config.max_concurrent:
             waiter = slot.queue.peek()
-            if not waiter.future.done() and not slot.kv_fits(waiter.kv_tokens):
+            if not waiter.future.done() and not slot.kv_fits(waiter.kv_choices, waiter.kv_row):
                 kv_full = True  # the next in turn waits for KV cache; none overtakes it
                 break
             slot.queue.pop()
@@ -305,7 +310,8 @@ class Registry:
                 slot.worker,
                 waiter.caller,
                 started=self._clock(),
-                kv_tokens=waiter.kv_tokens,
+                kv_row=waiter.kv_row,
+                kv_choices=waiter.kv_choices,
             )
             slot.leases.add(lease)
             waiter.future.set_result(lease)

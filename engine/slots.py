@@ -18,6 +18,7 @@ from engine.memory import MemoryNeed
 from engine.scheduler import Resident
 from engine.states import ModelState, ModelStatus, Serving, WaitingRequest
 from engine.store import ModelSpec
+from engine.worker_scheduler import kv_cost
 from engine.workers import Worker
 
 
@@ -27,7 +28,8 @@ class Waiter:
     future: asyncio.Future[Lease]
     enqueued: float
     may_load: bool = True  # whether this request may cause its model to be loaded
-    kv_tokens: int = 0  # the KV cache it will reserve: prompt plus max_tokens, per choice
+    kv_row: int = 0  # the KV cache each of its choices reserves: prompt plus max_tokens
+    kv_choices: int = 1
     internal: bool = False  # the admin's own load (``request_load``): outside any caller's share
     reason: str = "queued"
 
@@ -61,16 +63,24 @@ class Slot:
         """Tokens of KV cache all running requests may reserve together (0: unbounded)."""
         return self.need.kv_tokens if self.need else 0
 
+    def kv_cost(self, extra: tuple[int, int] = (0, 0)) -> int:
+        """The KV tokens the running requests (and ``extra``: choices, tokens per
+        choice) reserve, as the worker's decoder spends them: summed, or for a
+        batched model every row padded to the longest."""
+        rows = [r for lease in self.leases for r in [lease.kv_row] * lease.kv_choices]
+        rows += [extra[1]] * extra[0]
+        return kv_cost(self.decoding or "interleaved", rows)
+
     @property
     def kv_reserved(self) -> int:
-        return sum(lease.kv_tokens for lease in self.leases)
+        return self.kv_cost()
 
-    def kv_fits(self, tokens: int) -> bool:
-        """Whether a request reserving ``tokens`` may start now: it fits beside the
-        running ones, or nothing runs (a request larger than the budget is the
-        pipeline's to clamp, and the worker's to refuse)."""
+    def kv_fits(self, choices: int, row: int) -> bool:
+        """Whether a request of ``choices`` sequences reserving ``row`` tokens each
+        may start now: it fits beside the running ones, or nothing runs (a request
+        larger than the budget is the pipeline's to clamp, the worker's to refuse)."""
         budget = self.kv_budget
-        return not self.leases or not budget or self.kv_reserved + tokens <= budget
+        return not self.leases or not budget or self.kv_cost((choices, row)) <= budget
 
     def serving(self) -> Serving | None:
         if self.state is not ModelState.READY or self.decoding is None:

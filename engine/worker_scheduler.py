@@ -20,7 +20,9 @@ streams already running.
 The longest wait of the last minute is kept (``longest_pause``).
 
 KV reservation: a generation reserves ``kv_tokens`` (its prompt plus its clamped
-``max_tokens``) of the model's KV budget when it is added.  One that does not fit
+``max_tokens``) of the model's KV budget when it is added.  A batched decoder
+pads every row of its batch to the longest one, so there the reservation of the
+running set is its size times its largest reservation (``kv_cost``).  One that does not fit
 beside the running ones waits, first come first served, until others leave; one
 larger than the whole budget is refused at once (``KVBudgetExceeded``).  The
 gateway's registry reserves the same way before it sends a request, so a wait
@@ -101,6 +103,16 @@ class SchedulerStats:
     longest_pause: float  # seconds, the longest wait between two tokens in the last minute
 
 
+def kv_cost(mode: str, reservations: list[int]) -> int:
+    """The KV tokens of sequences reserving ``reservations`` (zeros are ignored):
+    their sum, or in one batch (every row padded to the longest) their number
+    times the largest."""
+    sizes = [r for r in reservations if r > 0]
+    if not sizes:
+        return 0
+    return len(sizes) * max(sizes) if mode == "batched" else sum(sizes)
+
+
 class WorkerScheduler(Generic[S]):
     def __init__(
         self,
@@ -115,7 +127,7 @@ class WorkerScheduler(Generic[S]):
         self._prefilling: OrderedDict[str, deque[S]] = OrderedDict()  # by caller, in turn
         self._decoding: dict[int, S] = {}
         self._last_token: dict[int, float] = {}
-        self._reserved = 0
+        self._reservations: dict[int, int] = {}  # started sequences' kv_tokens
         self._pauses: deque[tuple[float, float]] = deque()  # (when, gap), gaps decreasing
         self._step_seconds = 0.0  # the last decode step's time
 
@@ -163,11 +175,9 @@ class WorkerScheduler(Generic[S]):
         return None
 
     def _start_waiting(self) -> None:
-        while self._waiting and self._reserved + self._waiting[0].kv_tokens <= (
-            self.kv_budget_tokens
-        ):
+        while self._waiting and self.kv_cost(self._waiting[0].kv_tokens) <= self.kv_budget_tokens:
             seq = self._waiting.popleft()
-            self._reserved += seq.kv_tokens
+            self._reservations[seq.req_id] = seq.kv_tokens
             if seq.prefilled:
                 self._join(seq)
             else:
@@ -179,7 +189,7 @@ class WorkerScheduler(Generic[S]):
 
     def _drop(self, seq: S) -> None:
         """Release a started sequence's reservation and take it out of its stage."""
-        self._reserved -= seq.kv_tokens
+        self._reservations.pop(seq.req_id, None)
         if self._decoding.pop(seq.req_id, None) is not None:
             self._last_token.pop(seq.req_id, None)
             self.decoder.leave(seq)
@@ -250,6 +260,10 @@ class WorkerScheduler(Generic[S]):
             self._pauses.popleft()
         return self._pauses[0][1] if self._pauses else 0.0
 
+    def kv_cost(self, extra: int = 0) -> int:
+        """The KV tokens the started sequences (and one more of ``extra``) take."""
+        return kv_cost(self.decoder.mode, [*self._reservations.values(), extra])
+
     def prefilling(self) -> list[S]:
         """The started sequences whose prompt is still being fed in."""
         return [seq for queue in self._prefilling.values() for seq in queue]
@@ -261,6 +275,6 @@ class WorkerScheduler(Generic[S]):
             prefilling=sum(len(q) for q in self._prefilling.values()),
             waiting=len(self._waiting),
             kv_budget_tokens=self.kv_budget_tokens,
-            kv_reserved_tokens=self._reserved,
+            kv_reserved_tokens=self.kv_cost(),
             longest_pause=self.longest_pause(),
         )

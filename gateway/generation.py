@@ -223,7 +223,7 @@ async def stream(ctx: AppContext, admitted: Admitted, renderer: Renderer) -> Str
     registry = ctx.registry
     call, admission, deadline = admitted.call, admitted.admission, admitted.deadline
     try:
-        if registry.would_start_now(call.model_id, call.kv_tokens):
+        if registry.would_start_now(call.model_id, call.kv_row, call.n):
             session = await start(ctx, admitted)
             body = _frames(session, admission, renderer, deadline)
         else:

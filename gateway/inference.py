@@ -54,10 +54,10 @@ class InferenceCall:
     output: OutputSpec = PLAIN_OUTPUT
 
     @property
-    def kv_tokens(self) -> int:
-        """The KV cache the call reserves: each choice's prompt plus its ``max_tokens``
-        (the prompt counted when the gateway tokenized it; the worker counts exactly)."""
-        return self.n * (len(self.tokens or ()) + self.params.max_tokens)
+    def kv_row(self) -> int:
+        """The KV cache each choice reserves: its prompt plus its ``max_tokens`` (the
+        prompt counted when the gateway tokenized it; the worker counts exactly)."""
+        return len(self.tokens or ()) + self.params.max_tokens
 
 
 @dataclass(frozen=True)
@@ -213,7 +213,7 @@ async def open_session(
     the wait for the model (default: the registry's ``load_wait``).
     """
     lease = await registry.acquire(
-        call.model_id, caller, wait, may_load=call.may_load, kv_tokens=call.kv_tokens
+        call.model_id, caller, wait, may_load=call.may_load, kv_row=call.kv_row, kv_choices=call.n
     )
     try:
         session = InferenceSession(registry, lease, call)

@@ -338,7 +338,9 @@ def test_a_streaming_request_for_a_busy_model_waits_behind_keepalives(
         hogging.join(120)
         assert busy["choices"][0]["finish_reason"] == "length"
         assert "data: [DONE]" in lines and first
-        assert first[0] > hog_done[0], "it started once the hog had released the KV cache"
+        # It started once the hog had released the KV cache (the hog's own response
+        # reaches its client a moment after that release).
+        assert first[0] > hog_done[0] - 0.25, (first[0], hog_done[0])
         waited = first[0] - sent
         assert waited > 0.5, waited  # longer than load_wait, and not refused
     finally:

@@ -58,7 +58,7 @@ class FakeWorker:
         if model_id in self._factory.fail_loads:
             raise ModelLoadFailed(f"corrupt weights in {model_id}")
         self.loaded = model_id
-        return Loaded(model_id, 0.01, 1000, 2048)
+        return Loaded(model_id, 0.01, 1000, 2048, self._factory.decoding)
 
     async def generate(
         self,
@@ -117,6 +117,7 @@ class FakeWorkers:
         self.spawned: list[FakeWorker] = []
         self.loads: list[str] = []
         self.fail_loads: set[str] = set()
+        self.decoding = "interleaved"  # what the fake workers' Loaded reports
         self.load_gate = asyncio.Event()
         self.load_gate.set()
         self.token_gate = asyncio.Event()

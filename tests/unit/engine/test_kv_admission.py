@@ -21,7 +21,7 @@ BUDGET = 4 * 1024
 
 async def test_the_kv_budget_is_counted_in_the_need_and_sent_to_the_worker(make, workers):
     registry = make()
-    lease = await registry.acquire("a", "k1", kv_tokens=10)
+    lease = await registry.acquire("a", "k1", kv_row=10)
     need = registry.need("a")
     assert need.kv_tokens == BUDGET
     assert need.kv_cache == BUDGET * need.kv_bytes_per_token > 0
@@ -35,11 +35,11 @@ async def test_the_kv_budget_is_counted_in_the_need_and_sent_to_the_worker(make,
 
 async def test_a_request_that_would_overflow_waits_and_nothing_overtakes_it(make, settle):
     registry = make()
-    first = await registry.acquire("a", "k1", kv_tokens=3000)
-    second = asyncio.create_task(registry.acquire("a", "k2", kv_tokens=2000))
+    first = await registry.acquire("a", "k1", kv_row=3000)
+    second = asyncio.create_task(registry.acquire("a", "k2", kv_row=2000))
     await settle()
     # A small request of a third caller fits, but does not overtake the waiting one.
-    third = asyncio.create_task(registry.acquire("a", "k3", kv_tokens=100))
+    third = asyncio.create_task(registry.acquire("a", "k3", kv_row=100))
     await settle()
     assert not second.done() and not third.done()
     status = registry.status("a")
@@ -54,21 +54,21 @@ async def test_a_request_that_would_overflow_waits_and_nothing_overtakes_it(make
 
 async def test_a_waiting_request_times_out_without_holding_a_reservation(make, settle):
     registry = make(load_wait=0.05)
-    first = await registry.acquire("a", "k1", kv_tokens=BUDGET)
+    first = await registry.acquire("a", "k1", kv_row=BUDGET)
     with pytest.raises(ModelNotReady, match="KV cache"):
-        await registry.acquire("a", "k2", kv_tokens=1)
+        await registry.acquire("a", "k2", kv_row=1)
     status = registry.status("a")
     assert (status.queued, status.serving.kv_reserved_tokens) == (0, BUDGET)
     registry.release(first)
-    lease = await registry.acquire("a", "k2", kv_tokens=1)
+    lease = await registry.acquire("a", "k2", kv_row=1)
     assert registry.status("a").serving.kv_reserved_tokens == 1
     registry.release(lease)
 
 
 async def test_a_cancelled_waiter_reserves_nothing(make, settle):
     registry = make()
-    first = await registry.acquire("a", "k1", kv_tokens=4000)
-    waiting = asyncio.create_task(registry.acquire("a", "k2", kv_tokens=500))
+    first = await registry.acquire("a", "k1", kv_row=4000)
+    waiting = asyncio.create_task(registry.acquire("a", "k2", kv_row=500))
     await settle()
     waiting.cancel()
     await settle()
@@ -82,9 +82,28 @@ async def test_one_request_larger_than_the_budget_runs_alone(make, settle):
     (no tokenizer) may still ask for more: it runs alone, and the worker, which
     counts exactly, refuses what cannot fit."""
     registry = make()
-    big = await registry.acquire("a", "k1", kv_tokens=BUDGET + 1)
-    other = asyncio.create_task(registry.acquire("a", "k2", kv_tokens=1))
+    big = await registry.acquire("a", "k1", kv_row=BUDGET + 1)
+    other = asyncio.create_task(registry.acquire("a", "k2", kv_row=1))
     await settle()
     assert not other.done()
     registry.release(big)
     registry.release(await other)
+
+
+async def test_a_batched_model_counts_every_row_at_the_longest(make, workers, settle):
+    """One batch pads its rows to the longest: two requests of 3,000 and 100 tokens
+    take 6,000 there (over the 4,096 budget), 3,100 when decoded in turn."""
+    workers.decoding = "batched"
+    registry = make()
+    long = await registry.acquire("a", "k1", kv_row=3000)
+    short = asyncio.create_task(registry.acquire("a", "k2", kv_row=100))
+    await settle()
+    assert not short.done()
+    assert registry.status("a").serving.decoding == "batched"
+    registry.release(long)
+    lease = await short
+    assert registry.status("a").serving.kv_reserved_tokens == 100
+    two = await registry.acquire("a", "k3", kv_row=100, kv_choices=2)
+    assert registry.status("a").serving.kv_reserved_tokens == 300  # three rows of 100
+    registry.release(lease)
+    registry.release(two)

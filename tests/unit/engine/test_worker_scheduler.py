@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from engine.worker_scheduler import SLICE_SECONDS, KVBudgetExceeded, Outcome, WorkerScheduler
+from engine.worker_scheduler import (
+    SLICE_SECONDS,
+    KVBudgetExceeded,
+    Outcome,
+    WorkerScheduler,
+    kv_cost,
+)
 
 SLICE, STEP = 0.25, 0.05
 
@@ -271,3 +277,20 @@ def test_the_longest_pause_is_kept_for_a_minute(make, clock, log):
     list(scheduler.step())
     clock.now += 60.5  # that gap now lies outside the window; only recent ones count
     assert scheduler.longest_pause() == pytest.approx(0.0)
+
+
+def test_a_batch_costs_its_rows_times_the_longest_and_turns_cost_their_sum():
+    assert kv_cost("batched", [3000, 100, 0]) == 6000
+    assert kv_cost("interleaved", [3000, 100, 0]) == 3100
+    assert kv_cost("batched", []) == kv_cost("interleaved", [0]) == 0
+
+
+def test_a_short_request_waits_beside_a_long_one_in_a_batch(make, clock, log):
+    scheduler, decoder = make(budget=1000)
+    scheduler.add(seq(1, "a", 0, clock, log, kv_tokens=600, max_tokens=2))
+    scheduler.add(seq(2, "b", 0, clock, log, kv_tokens=100, max_tokens=1))
+    assert scheduler.stats().waiting == 1  # 2 x 600 > 1000 in one batch
+    decoder.mode = "interleaved"
+    scheduler.remove(2)
+    scheduler.add(seq(3, "b", 0, clock, log, kv_tokens=100, max_tokens=1))
+    assert scheduler.stats().waiting == 0  # 700 when decoded in turn
