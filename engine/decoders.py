@@ -150,6 +150,11 @@ class BatchedDecoder:
                 continue
             try:
                 event = seq.accept(int(response.token), response.logprobs)
+                if response.finish_reason is not None and not event_is_final(event):
+                    # The batch dropped it (its end of turn or max_tokens, which the
+                    # generation counts the same way): end it here too, never leave
+                    # it waiting for a token that cannot come.
+                    event = seq.finish(response.finish_reason)
             except Exception as exc:  # noqa: BLE001
                 yield seq, exc
                 continue

@@ -23,31 +23,31 @@ def scheduler(
 def run_all(
     sched: WorkerScheduler[Generation], *generations: Generation
 ) -> dict[int, tuple[int, list[Delta], Finished]]:
-    """Add ``generations`` and step until every one has finished: for each request
-    id, the steps in which it released nothing (prefill slices included), its
-    deltas and its end.  A failure is raised."""
+    """Add ``generations`` and step until every one of them has finished (others the
+    scheduler runs go on beside them): for each, the steps in which it released
+    nothing (prefill slices included), its deltas and its end.  A failure is raised."""
     for generation in generations:
         sched.add(generation)
-    results: dict[int, tuple[int, list[Delta], Finished | None]] = {
-        g.req_id: (0, [], None) for g in generations
-    }
-    while sched.active:
+    silent = {g.req_id: 0 for g in generations}
+    deltas: dict[int, list[Delta]] = {g.req_id: [] for g in generations}
+    ends: dict[int, Finished] = {}
+    while len(ends) < len(generations):
         seen = set()
         for generation, outcome in sched.step():
+            if generation.req_id not in silent:
+                continue
             if isinstance(outcome, BaseException):
                 raise outcome
             seen.add(generation.req_id)
             event, _ = outcome
-            silent, deltas, end = results[generation.req_id]
             if isinstance(event, Finished):
-                end = event
+                ends[generation.req_id] = event
             elif isinstance(event, Delta):
-                deltas.append(event)
-            results[generation.req_id] = (silent, deltas, end)
-        for req_id, (silent, deltas, end) in results.items():
-            if req_id not in seen and end is None:
-                results[req_id] = (silent + 1, deltas, end)
-    return {k: (s, d, e) for k, (s, d, e) in results.items() if e is not None}
+                deltas[generation.req_id].append(event)
+        for req_id in silent:
+            if req_id not in seen and req_id not in ends:
+                silent[req_id] += 1
+    return {k: (silent[k], deltas[k], ends[k]) for k in silent}
 
 
 def run(
