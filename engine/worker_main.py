@@ -62,6 +62,7 @@ log = logging.getLogger("engine.worker")
 
 _EOF = object()
 PROGRESS_INTERVAL = 1.0
+STATS_INTERVAL = 1.0  # seconds between two WorkerStats while generations run
 
 
 def resident_bytes() -> int:
@@ -238,14 +239,16 @@ class Worker:
 
     def _report(self) -> None:
         """Send ``WorkerStats`` when generations joined or left, or a second passed."""
-        from engine.decoders import cache_bytes
-
         scheduler = self._scheduler
         if scheduler is None:
             return
         now = time.monotonic()
-        if not self._stats_due and not (scheduler.active and now - self._stats_sent >= 1.0):
+        if not self._stats_due and not (
+            scheduler.active and now - self._stats_sent >= STATS_INTERVAL
+        ):
             return
+        from engine.decoders import cache_bytes  # MLX: imported once a model is loaded
+
         stats = scheduler.stats()
         self.send(
             WorkerStats(

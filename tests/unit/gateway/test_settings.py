@@ -55,6 +55,9 @@ def test_config_path_from_environment(tmp_path):
         ('[models.catalogue.x]\npath = "/a"\nrepo = "o/r"\n', {}, "models.catalogue.x"),
         ("", {"GATEWAY_ENGINE_MEMORY_BUDGET": "lots"}, "engine.memory_budget"),
         ("", {"GATEWAY_ENGINE_MEMORY_BUDGET": "-1"}, "engine.memory_budget"),
+        ("", {"GATEWAY_ENGINE_DECODING": "fast"}, "engine.decoding"),
+        ('[models.catalogue.x]\npath = "/a"\nkv_budget = 0\n', {}, "kv_budget"),
+        ('[models.catalogue.x]\npath = "/a"\ndecoding = "both"\n', {}, "decoding"),
     ],
 )
 def test_invalid_configuration_names_the_field(tmp_path, toml, env, field):
