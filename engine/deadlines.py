@@ -29,7 +29,7 @@ class SlotSnapshot:
     leases: int = 0
     queued: int = 0
     pinned: bool = False
-    keep_alive: float | None = None  # the model's own; None: the configured default
+    keep_alive: float | None = None  # a request's override, else the model's own; None: default
     last_used: float | None = None
 
 

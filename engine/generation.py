@@ -18,6 +18,7 @@ Every method here must run on the worker's single MLX thread.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -74,6 +75,17 @@ def seeded_sampler(
         return mx.random.categorical(logprobs * (1 / temperature), key=sub)
 
     return sample
+
+
+def repetition_penalty(params: SamplingParams) -> float | None:
+    """The repetition penalty to apply, or ``None`` when it is off: 0 or 1, a
+    context of no tokens (mlx-lm would read ``tokens[-0:]`` as all of them), or a
+    value mlx-lm would refuse (negative, not finite), so no request can crash the
+    worker with it."""
+    penalty = params.repetition_penalty
+    if not math.isfinite(penalty) or penalty <= 0.0 or penalty == 1.0:
+        return None
+    return penalty if params.repetition_context_size > 0 else None
 
 
 def make_token_sampler(params: SamplingParams) -> Callable[[mx.array], mx.array]:
@@ -305,6 +317,8 @@ class Generation:
             logit_bias=dict(params.logit_bias) or None,
             presence_penalty=params.presence_penalty or None,
             frequency_penalty=params.frequency_penalty or None,
+            repetition_penalty=repetition_penalty(params),
+            repetition_context_size=params.repetition_context_size,
         )
         constraint = runner.constraint(request)
         if constraint is not None:

@@ -55,6 +55,8 @@ class Lifecycle:
     def enter(self, slot: Slot, state: ModelState) -> None:
         slot.state = state
         slot.state_since = self._clock()
+        if state in (ModelState.ABSENT, ModelState.FAILED):
+            slot.keep_alive_override = None  # its worker is gone: the next load starts afresh
         self._events.state_changed(slot.spec.id, state.value)
         self._events.memory(self.memory_used, self._config.memory_budget)
         self._events.serving(slot.spec.id, slot.serving())

@@ -43,16 +43,21 @@ class MemoryNeed:
         return self.kv_cache // self.kv_tokens if self.kv_tokens else 0
 
 
-def safetensors_bytes(path: Path) -> int:
-    """Bytes of tensor data in one safetensors file, from its header alone."""
+def safetensors_header(path: Path) -> dict:
+    """The JSON header of one safetensors file (tensor name -> dtype, shape, offsets)."""
     try:
         with path.open("rb") as f:
             (length,) = struct.unpack("<Q", f.read(8))
             if length > 100 * 1024**2:
                 raise MemoryEstimateError(f"{path.name}: implausible header length {length}")
-            header = json.loads(f.read(length))
+            return json.loads(f.read(length))
     except (OSError, struct.error, ValueError) as exc:
         raise MemoryEstimateError(f"{path.name}: not a readable safetensors file ({exc})") from exc
+
+
+def safetensors_bytes(path: Path) -> int:
+    """Bytes of tensor data in one safetensors file, from its header alone."""
+    header = safetensors_header(path)
     total = 0
     for name, entry in header.items():
         if name == "__metadata__":

@@ -103,6 +103,8 @@ class SamplingParams(msgspec.Struct, frozen=True):
     logit_bias: dict[int, float] = {}
     top_k: int = 0
     logprobs: int | None = None  # None: none; else the top alternatives per token (0-20)
+    repetition_penalty: float = 0.0  # multiplicative, on recently seen tokens; 0 or 1: off
+    repetition_context_size: int = 20  # how many of the most recent tokens it looks at; 0: off
 
 
 # --- gateway -> worker -------------------------------------------------------

@@ -86,7 +86,7 @@ class Registry:
         return slot
 
     def status(self, model_id: str) -> ModelStatus:
-        return self._slot(model_id).status(self._clock())
+        return self._slot(model_id).status(self._clock(), self._config.keep_alive)
 
     def refresh(self, spec: ModelSpec) -> None:
         """Take a new version of a model's spec (its files just arrived on disk)."""
@@ -153,11 +153,17 @@ class Registry:
         may_load: bool = True,
         kv_row: int = 0,
         kv_choices: int = 1,
+        keep_alive: float | None = None,
     ) -> Lease:
         """Wait (up to ``wait``, default ``load_wait``) for ``model_id`` and lease it,
         reserving ``kv_row`` tokens of its KV budget for each of ``kv_choices``
         sequences (a request that would overflow the budget waits in the fair queue
         until running requests release enough).
+
+        ``keep_alive`` (seconds; negative: for ever; 0: unload once idle), when
+        given, becomes the model's keep-alive as this request gets its lease, until
+        its worker goes away; ``None`` leaves it as it is.  A request that never
+        gets its lease (timed out, cancelled) changes nothing.
 
         Raises before anything is unloaded when the model can never fit, and at
         once when this request may not load a model that is not loaded
@@ -174,7 +180,13 @@ class Registry:
         self._check_admissible(slot, caller, may_load)
         future = asyncio.get_running_loop().create_future()
         waiter = Waiter(
-            caller, future, self._clock(), may_load=may_load, kv_row=kv_row, kv_choices=kv_choices
+            caller,
+            future,
+            self._clock(),
+            may_load=may_load,
+            kv_row=kv_row,
+            kv_choices=kv_choices,
+            keep_alive=keep_alive,
         )
         slot.queue.push(caller, waiter)
         self._events.queue_changed(model_id, len(slot.queue))
@@ -223,7 +235,10 @@ class Registry:
         slot.durations.append(now - lease.started)
         self._events.in_flight(lease.model_id, len(slot.leases))
         self._events.serving(lease.model_id, slot.serving())
-        self._schedule()
+        if slot.keep_alive(self._config.keep_alive) == 0 and not self._closed:
+            self.check_deadlines()  # idle at keep_alive 0: unload now, not at the next tick
+        else:
+            self._schedule()
 
     @contextlib.asynccontextmanager
     async def lease(
@@ -314,6 +329,8 @@ class Registry:
                 kv_choices=waiter.kv_choices,
             )
             slot.leases.add(lease)
+            if waiter.keep_alive is not None:
+                slot.keep_alive_override = waiter.keep_alive
             waiter.future.set_result(lease)
         self._events.queue_changed(slot.spec.id, len(slot.queue))
         self._events.in_flight(slot.spec.id, len(slot.leases))
@@ -406,6 +423,20 @@ class Registry:
         elif slot.recoverable:
             slot.crashed = False
             self._schedule()
+
+    def set_keep_alive(self, model_id: str, seconds: float) -> bool:
+        """Keep a ready or loading model ``seconds`` after it is next idle (negative:
+        for ever; 0: unload as soon as it is idle, at once if it is idle now), until
+        its worker goes away.  Returns whether it was ready or loading; otherwise
+        nothing changes."""
+        slot = self._slots.get(model_id)
+        if self._closed or slot is None:
+            return False
+        if slot.state not in (ModelState.READY, ModelState.LOADING):
+            return False
+        slot.keep_alive_override = seconds
+        self.check_deadlines()
+        return True
 
     # --- deadlines -----------------------------------------------------------------
 

@@ -31,6 +31,7 @@ class Waiter:
     kv_row: int = 0  # the KV cache each of its choices reserves: prompt plus max_tokens
     kv_choices: int = 1
     internal: bool = False  # the admin's own load (``request_load``): outside any caller's share
+    keep_alive: float | None = None  # set as the model's keep-alive when it gets its lease
     reason: str = "queued"
 
 
@@ -57,6 +58,7 @@ class Slot:
     crashed: bool = False  # failed because its worker died while serving
     decoding: str | None = None  # how its worker decodes (from the load), and why
     decoding_reason: str = ""
+    keep_alive_override: float | None = None  # a request's keep_alive; cleared with its worker
 
     @property
     def kv_budget(self) -> int:
@@ -126,6 +128,16 @@ class Slot:
             self.last_used,
         )
 
+    def keep_alive(self, default: float) -> float:
+        """Seconds this model stays loaded once idle (negative: for ever): a
+        request's override, else the catalogue's, else ``default``.  A pinned model
+        never unloads."""
+        if self.spec.pinned:
+            return -1.0
+        if self.keep_alive_override is not None:
+            return self.keep_alive_override
+        return default if self.spec.keep_alive is None else self.spec.keep_alive
+
     def deadline_snapshot(self) -> SlotSnapshot:
         return SlotSnapshot(
             model_id=self.spec.id,
@@ -135,11 +147,15 @@ class Slot:
             leases=len(self.leases),
             queued=len(self.queue),
             pinned=self.spec.pinned,
-            keep_alive=self.spec.keep_alive,
+            keep_alive=(
+                self.spec.keep_alive
+                if self.keep_alive_override is None
+                else self.keep_alive_override
+            ),
             last_used=self.last_used,
         )
 
-    def status(self, now: float) -> ModelStatus:
+    def status(self, now: float, default_keep_alive: float) -> ModelStatus:
         return ModelStatus(
             id=self.spec.id,
             state=self.state,
@@ -157,6 +173,7 @@ class Slot:
             crashed=self.recoverable,
             waiting=tuple(WaitingRequest(w.caller, now - w.enqueued, w.reason) for w in self.queue),
             serving=self.serving(),
+            keep_alive=self.keep_alive(default_keep_alive),
         )
 
     # --- estimates (for honest Retry-After values) ---------------------------

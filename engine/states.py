@@ -68,3 +68,4 @@ class ModelStatus:
     crashed: bool = False  # failed because its worker died while serving
     waiting: tuple[WaitingRequest, ...] = ()
     serving: Serving | None = None
+    keep_alive: float | None = None  # seconds it stays loaded once idle (negative: for ever)

@@ -25,7 +25,17 @@ from gateway.hub import make_downloader
 from gateway.keystore import KeyStore
 from gateway.observe import MetricEvents, MetricsMiddleware
 from gateway.responses import handle_exception
-from gateway.routes import admin, anthropic, health, keys, models, openai, responses_api
+from gateway.routes import (
+    admin,
+    anthropic,
+    health,
+    keys,
+    models,
+    ollama,
+    ollama_models,
+    openai,
+    responses_api,
+)
 from gateway.routes import metrics as metrics_route
 from gateway.settings import Settings, memory_budget_bytes, queue_per_key
 from gateway.tokens import Tokenizers
@@ -138,6 +148,17 @@ def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
             responses_api.create_response,
             responses_api.get_response,
             anthropic.count_tokens,
+            ollama.chat,
+            ollama.generate,
+            ollama_models.tags,
+            ollama_models.ps,
+            ollama_models.show,
+            ollama_models.pull,
+            ollama_models.remove,
+            ollama_models.version,
+            ollama_models.root,
+            ollama_models.unsupported,
+            ollama_models.blobs,
             models.list_models,
             models.retrieve_model,
             health.health,
@@ -159,7 +180,9 @@ def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
         exception_handlers={Exception: handle_exception},
         middleware=[
             MetricsMiddleware,
-            DefineMiddleware(AuthMiddleware, exclude=["^/health$", "^/ready$", "^/metrics$"]),
+            DefineMiddleware(
+                AuthMiddleware, exclude=["^/health$", "^/ready$", "^/metrics$", "^/$"]
+            ),
         ],
         request_max_body_size=settings.server.max_body_bytes,
         lifespan=[lifespan],

@@ -11,6 +11,7 @@
     ├── ModelNotFound                 404 invalid_request_error / model_not_found
     ├── InsufficientStorage           507 server_error / insufficient_memory (numbers kept)
     ├── RequestTimeout                504 server_error / request_timeout (engine.request_timeout)
+    ├── NotSupported                  501 invalid_request_error / not_supported (Ollama's create)
     └── ServiceUnavailable            503 server_error (with Retry-After)
         ├── ModelLoading              503 model_loading
         ├── ServerBusy                503 server_busy (queue full)
@@ -112,6 +113,12 @@ class RequestTimeout(GatewayError):
     status = 504
     type = "server_error"
     code = "request_timeout"
+
+
+class NotSupported(GatewayError):
+    status = 501
+    type = "invalid_request_error"
+    code = "not_supported"
 
 
 class ServiceUnavailable(GatewayError):

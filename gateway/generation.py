@@ -1,4 +1,4 @@
-"""Running an admitted inference call, for any wire format (OpenAI now, Anthropic next).
+"""Running an admitted inference call, for any wire format (OpenAI, Anthropic, Ollama).
 
 ``complete`` runs a call to the end and returns texts, finish reasons and
 counts.  ``stream`` returns a streaming response whose frames a ``Renderer``
@@ -11,6 +11,7 @@ client that disconnects, a drain that cancels.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -75,6 +76,7 @@ class Choice:
 class Completed:
     choices: list[Choice]
     counts: Counts
+    opened: float = 0.0  # monotonic: when the model began on it (after any wait or load)
 
     @property
     def texts(self) -> list[str]:
@@ -132,6 +134,7 @@ async def complete(ctx: AppContext, admitted: Admitted) -> Completed:
     call, admission = admitted.call, admitted.admission
     try:
         session = await start(ctx, admitted)
+        opened = time.monotonic()
         choices = [Choice() for _ in range(call.n)]
         async for item in session.events(admitted.deadline):
             if isinstance(item, TextOut):
@@ -141,7 +144,7 @@ async def complete(ctx: AppContext, admitted: Admitted) -> Completed:
                 choices[item.index].end(item)
         counts = counts_of(session)
         await admission.record(counts.prompt_tokens, counts.completion_tokens, 200)
-        return Completed(choices, counts)
+        return Completed(choices, counts, opened)
     except EngineError as exc:
         error = from_engine(exc)
         if session is not None:
@@ -216,7 +219,12 @@ async def _wait_then_frames(
         yield frame
 
 
-async def stream(ctx: AppContext, admitted: Admitted, renderer: Renderer) -> Stream:
+async def stream(
+    ctx: AppContext,
+    admitted: Admitted,
+    renderer: Renderer,
+    media_type: str = "text/event-stream",
+) -> Stream:
     """A streaming response.  Errors before the first byte are HTTP errors; a model
     that is not ready, or busy (every slot or its KV cache taken, others waiting), is
     waited for up to ``stream_load_wait`` behind keep-alives."""
@@ -241,4 +249,25 @@ async def stream(ctx: AppContext, admitted: Admitted, renderer: Renderer) -> Str
     except BaseException:
         admission.release()
         raise
-    return Stream(body, media_type="text/event-stream", headers=SSE_HEADERS)
+    return Stream(body, media_type=media_type, headers=SSE_HEADERS)
+
+
+async def preload(ctx: AppContext, admitted: Admitted) -> None:
+    """A request without a prompt: lease the model (loading it, when the key may)
+    and let go at once; the usage row says so, with no tokens."""
+    call, admission = admitted.call, admitted.admission
+    try:
+        lease = await ctx.registry.acquire(
+            call.model_id,
+            admission.principal.key_id,
+            may_load=call.may_load,
+            keep_alive=call.keep_alive,
+        )
+        ctx.registry.release(lease)
+        await admission.record(0, 0, 200)
+    except EngineError as exc:
+        error = from_engine(exc)
+        await admission.record(0, 0, error.status)
+        raise error from exc
+    finally:
+        admission.release()

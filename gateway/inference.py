@@ -52,6 +52,7 @@ class InferenceCall:
     partition: str = ""
     may_load: bool = True
     output: OutputSpec = PLAIN_OUTPUT
+    keep_alive: float | None = None  # the model's residency after this call (None: as is)
 
     @property
     def kv_row(self) -> int:
@@ -213,7 +214,13 @@ async def open_session(
     the wait for the model (default: the registry's ``load_wait``).
     """
     lease = await registry.acquire(
-        call.model_id, caller, wait, may_load=call.may_load, kv_row=call.kv_row, kv_choices=call.n
+        call.model_id,
+        caller,
+        wait,
+        may_load=call.may_load,
+        kv_row=call.kv_row,
+        kv_choices=call.n,
+        keep_alive=call.keep_alive,
     )
     try:
         session = InferenceSession(registry, lease, call)

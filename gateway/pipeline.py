@@ -41,10 +41,13 @@ from gateway.errors import (
     RequestTimeout,
     ServerBusy,
 )
+from gateway.http_errors import from_denial
 from gateway.inference import InferenceCall
 from gateway.tokens import TokenizerBusy
 from policies.allowlist import model_allowed
+from policies.decision import Deny
 from policies.principal import Principal
+from policies.residency import check_keep_alive
 from policies.resources import ModelResources
 
 log = logging.getLogger("gateway.pipeline")
@@ -61,6 +64,13 @@ class Ask:
     messages: tuple[ChatMessage, ...] | None = None
     prompt: str | None = None
     output: OutputSpec = PLAIN_OUTPUT
+    context_limit: int | None = None  # a smaller window than the model's (Ollama's num_ctx)
+    keep_alive: float | None = None  # seconds the model stays after this (Ollama's keep_alive)
+    load_only: bool = False  # no prompt: only load the model, or unload it (keep_alive 0)
+
+    @property
+    def unloads(self) -> bool:
+        return self.load_only and self.keep_alive == 0
 
     @property
     def text_bytes(self) -> int:
@@ -148,17 +158,23 @@ def _resources(ctx: AppContext, spec: ModelSpec, need: MemoryNeed | None) -> Mod
     )
 
 
-def _context_length(ctx: AppContext, spec: ModelSpec, n: int = 1) -> tuple[int, str] | None:
+def _context_length(ctx: AppContext, spec: ModelSpec, ask: Ask) -> tuple[int, str] | None:
     """The most tokens (prompt plus completion) one choice of a request may take, and
-    what bounds it: the serving context, or the model's KV budget shared by ``n``."""
+    what bounds it: the serving context, the model's KV budget shared by the ``n``
+    choices, or the smaller window the request asked for."""
     try:
         need = ctx.registry.need(spec.id)
     except MemoryEstimateError:
         return None
-    share = need.kv_tokens // max(1, n) if need.kv_tokens else need.context_length
+    n = max(1, ask.n)
+    share = need.kv_tokens // n if need.kv_tokens else need.context_length
+    bounds = [(need.context_length, f"the model's context of {need.context_length} tokens")]
     if share < need.context_length:
-        return share, f"this model's KV budget of {need.kv_tokens} tokens for {n} choice(s)"
-    return need.context_length, f"the model's context of {need.context_length} tokens"
+        budget = f"this model's KV budget of {need.kv_tokens} tokens for {n} choice(s)"
+        bounds.append((share, budget))
+    if ask.context_limit is not None:
+        bounds.append((ask.context_limit, f"the requested context of {ask.context_limit} tokens"))
+    return min(bounds, key=lambda bound: bound[0])
 
 
 def _too_long(message: str) -> InvalidRequest:
@@ -218,7 +234,7 @@ async def tokenize(
     room the prompt leaves in the context (``max_tokens`` is a ceiling).  Only a
     prompt that leaves no room at all is refused, before any worker sees it (and
     without tokenizing it when its size alone says so)."""
-    bound = _context_length(ctx, spec, ask.n)
+    bound = _context_length(ctx, spec, ask)
     if bound is None or ctx.tokenizers is None:
         return None, ask  # unreadable config: the worker clamps or refuses, or the load fails
     context_length, limit = bound
@@ -269,7 +285,23 @@ def _call(
         partition=ctx.cache_partition(principal.key_id),
         may_load=principal.has("load"),
         output=ask.output,
+        keep_alive=ask.keep_alive,
     )
+
+
+def _residency(ctx: AppContext, principal: Principal, spec: ModelSpec, ask: Ask) -> Ask:
+    """The ask with its ``keep_alive`` within the operator's ceiling; 403 when it would
+    change the model's residency for everyone and the key lacks ``load``."""
+    if ask.keep_alive is None:
+        return ask
+    engine = ctx.settings.engine
+    default = engine.keep_alive if spec.keep_alive is None else spec.keep_alive
+    decision, value = check_keep_alive(principal, ask.keep_alive, default, engine.keep_alive_max)
+    if isinstance(decision, Deny):
+        error = from_denial(decision)
+        error.param = "keep_alive"
+        raise error
+    return replace(ask, keep_alive=value)
 
 
 async def _hub_model(
@@ -339,7 +371,12 @@ async def admit(request: Request[Any, Any, Any], ask: Ask) -> Admitted:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + ctx.settings.engine.request_timeout
     principal = principal_of(request)
+    if ask.unloads:
+        spec, admission = admit_plain(request, ask)
+        call = _call(ctx, principal, spec, ask, admission, None)
+        return Admitted(admission, call, spec, deadline)
     spec = _authorize(ctx, request, principal, ask.model)
+    ask = _residency(ctx, principal, spec, ask)
     estimate = ask.text_bytes // 4 + 1
     # The key's limits first, counting nothing: a refused key causes no I/O at all.
     _decide(ctx, principal, _resources(ctx, spec, None), ask, ask.route, estimate, dry_run=True)
@@ -350,14 +387,12 @@ async def admit(request: Request[Any, Any, Any], ask: Ask) -> Admitted:
                 state = request.scope.setdefault("state", {})
                 spec, admission = await _hub_model(ctx, principal, spec, ask, state)
                 try:
-                    ask = await shape_output(ctx, spec, ask)
-                    tokens, ask = await tokenize(ctx, spec, ask)
+                    tokens, ask = await _prompt(ctx, spec, ask)
                 except BaseException:
                     admission.release()
                     raise
             else:
-                ask = await shape_output(ctx, spec, ask)
-                tokens, ask = await tokenize(ctx, spec, ask)
+                tokens, ask = await _prompt(ctx, spec, ask)
                 prompt_tokens = len(tokens) if tokens is not None else estimate
                 admission = _decide(
                     ctx, principal, _resources(ctx, spec, None), ask, ask.route, prompt_tokens
@@ -369,21 +404,40 @@ async def admit(request: Request[Any, Any, Any], ask: Ask) -> Admitted:
     return Admitted(admission, call, spec, deadline)
 
 
-async def count_tokens(request: Request[Any, Any, Any], ask: Ask) -> int:
-    """The prompt's tokens with the model's own tokenizer and chat template: a request
-    like any other (authorized, rate limited, a usage row), but it never loads or
-    downloads anything and generates nothing."""
+async def _prompt(ctx: AppContext, spec: ModelSpec, ask: Ask) -> tuple[tuple[int, ...] | None, Ask]:
+    """The prompt's tokens and the ask shaped for the model (nothing for a load only)."""
+    if ask.load_only:
+        return None, ask
+    ask = await shape_output(ctx, spec, ask)
+    return await tokenize(ctx, spec, ask)
+
+
+def admit_plain(request: Request[Any, Any, Any], ask: Ask) -> tuple[ModelSpec, Admission]:
+    """Admit a request that never loads, downloads or generates anything (counting
+    tokens, unloading, pulling): the key's allowlist, its ``keep_alive`` rights and its
+    rate and concurrency limits, counted and recorded like any request."""
     ctx = context(request)
     principal = principal_of(request)
     spec = _allowed(ctx, request, principal, ask.model)
-    if not spec.on_disk:
-        raise InvalidRequest(f"{spec.id} is not on disk: its tokenizer is not available.")
+    ask = _residency(ctx, principal, spec, ask)
     resources = replace(_resources(ctx, spec, None), loaded=True)  # nothing will load
     admission = decide(
         ctx, principal, resources, prompt_tokens=0, max_tokens=0, n=1, route=ask.route
     )
     assert admission is not None
-    admission.scope_state = request.scope["state"]
+    admission.scope_state = request.scope.setdefault("state", {})
+    return spec, admission
+
+
+async def count_tokens(request: Request[Any, Any, Any], ask: Ask) -> int:
+    """The prompt's tokens with the model's own tokenizer and chat template: a request
+    like any other (authorized, rate limited, a usage row), but it never loads or
+    downloads anything and generates nothing."""
+    ctx = context(request)
+    spec = ctx.resolve_model(ask.model)
+    if model_allowed(principal_of(request), spec.id) and not spec.on_disk:
+        raise InvalidRequest(f"{spec.id} is not on disk: its tokenizer is not available.")
+    spec, admission = admit_plain(request, ask)
     try:
         counted = replace(ask, params=msgspec.structs.replace(ask.params, max_tokens=0))
         counted = await shape_output(ctx, spec, counted)

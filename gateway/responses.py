@@ -1,8 +1,9 @@
-"""The one place that renders errors: OpenAI's shape, and Anthropic's on its routes.
+"""The one place that renders errors: OpenAI's shape, Anthropic's and Ollama's on theirs.
 
 Every exception becomes a ``GatewayError`` first (``gateway.http_errors``), then
-``{"error": {"message", "type", "param", "code"}}`` or Anthropic's
-``{"type": "error", "error": {"type", "message"}}`` with its status.
+``{"error": {"message", "type", "param", "code"}}``, Anthropic's
+``{"type": "error", "error": {"type", "message"}}`` (``/v1/messages``) or
+Ollama's ``{"error": "..."}`` (``/api/*``), with its status and headers.
 """
 
 from __future__ import annotations
@@ -84,6 +85,15 @@ def is_anthropic(path: str) -> bool:
     return path == "/v1/messages" or path.startswith("/v1/messages/")
 
 
+def is_ollama(path: str) -> bool:
+    return path == "/api" or path.startswith("/api/")
+
+
+def ollama_body(error: GatewayError) -> dict[str, str]:
+    """Ollama's error: ``{"error": "..."}`` (its clients read nothing else)."""
+    return {"error": error.message}
+
+
 def handle_exception(request: Request, exc: Exception) -> Response[bytes]:
     """Litestar exception handler for every route: Anthropic's shape on its routes,
     OpenAI's everywhere else."""
@@ -91,10 +101,15 @@ def handle_exception(request: Request, exc: Exception) -> Response[bytes]:
     if error.status in (401, 403, 429, 507) or error.code in ("server_busy",):
         record_denial(error.code)
         request.scope.setdefault("state", {})["denial"] = error.code
-    if not is_anthropic(request.url.path):
+    path = request.url.path
+    if is_ollama(path):
+        body: object = ollama_body(error)
+    elif is_anthropic(path):
+        body = anthropic_body(error)
+    else:
         return error_response(error)
     return Response(
-        content=msgspec.json.encode(anthropic_body(error)),
+        content=msgspec.json.encode(body),
         status_code=error.status,
         media_type="application/json",
         headers=error.headers(),

@@ -134,6 +134,10 @@ class EngineSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     keep_alive: Annotated[
         float, _doc("Default idle seconds before a model is unloaded; 0 at once, -1 never.")
     ] = 600.0
+    keep_alive_max: Annotated[
+        float,
+        _doc("Longest keep_alive an Ollama request may ask for (longer is lowered; -1: none)."),
+    ] = 3600.0
     load_timeout: Annotated[
         float, _doc("Seconds a load may go without progress before it is failed.", gt=0)
     ] = 120.0

@@ -221,6 +221,11 @@ async def admin_remove(request: Request, model_id: str, force: bool = False) -> 
     which drains it first (its in-flight requests finish)."""
     ctx = context(request)
     spec = known_model(ctx, model_id.lstrip("/"))
+    return await remove_model(ctx, spec, force=force)
+
+
+async def remove_model(ctx: AppContext, spec: ModelSpec, *, force: bool) -> dict[str, Any]:
+    """Delete ``spec``'s files (a loaded one only with ``force``: drained first)."""
     if not spec.on_disk:
         raise RouteNotFound(f"{spec.id} has no files on disk.", code="model_not_on_disk")
     state = ctx.registry.status(spec.id).state
