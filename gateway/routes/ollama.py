@@ -123,7 +123,6 @@ class OllamaRenderer:
 def _final(model: str, chat: bool, done: Completed, clock: Clock, logprobs: bool) -> dict[str, Any]:
     choice = done.choices[0]
     clock.opened = done.opened
-    clock.first_token = clock.first_token or time.monotonic()
     clock.finish()
     text = choice.text
     if choice.tool_error is not None:
@@ -181,6 +180,7 @@ async def _run(request: Request, req: GenerationFields, ask: Ask, chat: bool) ->
         renderer = OllamaRenderer(req.model, chat, clock, logprobs)
         return await stream(ctx, admitted, renderer, media_type=NDJSON)
     done = await complete(ctx, admitted)
+    clock.first_token = admitted.admission.first_token
     return Response(_final(req.model, chat, done, clock, logprobs))
 
 

@@ -421,3 +421,91 @@ def test_unknown_model_is_not_found_in_ollamas_shape(admin):
         admin.chat(model="ghost:7b", messages=HELLO)
     assert missing.value.status_code == 404
     assert "ghost" in missing.value.error
+
+
+# --- limits, usage and metrics ---------------------------------------------------------
+
+
+def usage_rows(server: GatewayServer, key: str) -> list[dict]:
+    from gateway.keystore import KeyStore
+
+    with KeyStore(server.data_dir / "gateway.db") as store:
+        return store.usage_summary(key_id=key.split("-")[1])
+
+
+def test_usage_rows_and_metrics_count_ollama_requests_like_any_other(server):
+    key = server.create_key("counted", scopes=("infer",))
+    counted = client(server, key)
+    reply = counted.chat(model="tiny-a", messages=HELLO, options=GREEDY, stream=False)
+    streamed = list(counted.generate(model="tiny-a", prompt="hi", options=GREEDY, stream=True))
+    (row,) = usage_rows(server, key)
+    assert row["requests"] == 2
+    expected = reply.eval_count + streamed[-1].eval_count
+    assert row["completion_tokens"] == expected
+    assert row["prompt_tokens"] == reply.prompt_eval_count + streamed[-1].prompt_eval_count
+    metrics = httpx.get(server.base_url + "/metrics", headers=server.headers).text
+    assert 'route="/api/chat"' in metrics and 'route="/api/generate"' in metrics
+
+
+def test_an_unlimited_num_predict_never_passes_the_daily_quota(server):
+    from policies.principal import Limits
+
+    key = server.create_key("daily-40", scopes=("infer",), limits=Limits(tokens_per_day=40))
+    capped = client(server, key)
+    reply = capped.chat(model="tiny-a", messages=HELLO, options={"temperature": 0}, stream=False)
+    assert reply.prompt_eval_count + reply.eval_count <= 40
+    (row,) = usage_rows(server, key)
+    assert row["prompt_tokens"] + row["completion_tokens"] <= 40
+    if reply.done_reason == "length":  # the quota, not the model, ended it: used up
+        with pytest.raises(ollama.ResponseError) as exhausted:
+            capped.chat(model="tiny-a", messages=HELLO, options=GREEDY)
+        assert exhausted.value.status_code == 403
+        assert "resets at" in exhausted.value.error
+
+
+def test_a_second_concurrent_stream_over_the_keys_concurrency_is_429(server):
+    from policies.principal import Limits
+
+    key = server.create_key("one-at-a-time", scopes=("infer",), limits=Limits(max_concurrent=1))
+    # A schema that holds the end of turn off for hundreds of tokens: a long stream.
+    long = {"type": "array", "items": {"type": "integer", "maximum": 9}, "minItems": 300}
+    body = {"model": "tiny-a", "messages": HELLO, "options": {"num_predict": 2000}, "format": long}
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.stream(
+        "POST", server.base_url + "/api/chat", json=body, headers=headers, timeout=60
+    ) as first:
+        assert first.status_code == 200
+        lines = first.iter_lines()  # kept: a dropped iterator closes the connection
+        next(lines)
+        second = httpx.post(server.base_url + "/api/chat", json=body, headers=headers, timeout=60)
+        assert second.status_code == 429
+        assert set(second.json()) == {"error"}
+        assert int(second.headers["retry-after"]) >= 1
+    # The slot came back when the first stream's client went away.
+    deadline = time.monotonic() + 30
+    while True:
+        again = httpx.post(
+            server.base_url + "/api/chat",
+            json={"model": "tiny-a", "messages": HELLO, "stream": False, "options": GREEDY},
+            headers=headers,
+            timeout=60,
+        )
+        if again.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert again.status_code == 200, again.text
+
+
+@pytest.mark.realmodel
+def test_the_bundled_model_answers_through_the_ollama_client(bundled_server):
+    real = client(bundled_server)
+    france = [{"role": "user", "content": "What is the capital of France?"}]
+    options = {"temperature": 0, "num_predict": 24}
+    name = "smollm2-135m-instruct:latest"
+    parts = list(real.chat(model=name, messages=france, options=options, stream=True))
+    text = "".join(p.message.content or "" for p in parts)
+    assert "Paris" in text
+    final = parts[-1]
+    assert final.done and final.eval_count <= 24
+    assert final.eval_duration > 0 and final.prompt_eval_duration > 0
+    assert "smollm2-135m-instruct:latest" in {m.model for m in real.list().models}
