@@ -3,7 +3,8 @@
 A model's residency is shared: extending it pins memory that other models
 might need, and shortening it (``0`` unloads the model once idle) evicts it
 for everyone who uses it.  So a ``keep_alive`` other than the model's own
-default needs the ``load`` scope, the scope that may cause loads and evictions;
+default needs the ``load`` scope, the scope that may cause loads and evictions
+(a key without it may send the default, which then changes nothing);
 the operator's ceiling (``engine.keep_alive_max``) lowers a longer one, and
 "forever" (a negative value) is the ceiling itself unless the ceiling is none.
 """
@@ -32,8 +33,12 @@ def check_keep_alive(
     if requested is None:
         return ALLOW, None
     value = clamp_keep_alive(requested, ceiling)
-    if value == default or (value < 0 and default < 0) or principal.has("load"):
+    if principal.has("load"):
         return ALLOW, value
+    if value == default or (value < 0 and default < 0):
+        # The default asks for nothing: accepted, and it leaves alone what a key with
+        # `load` may have set (it is not this key's to shorten either).
+        return ALLOW, None
     what = "unloads the model once idle" if value == 0 else "changes how long the model stays"
     return (
         missing_scope(

@@ -340,7 +340,7 @@ def test_an_empty_request_loads_and_keep_alive_zero_unloads(server, admin):
 
 
 def test_a_key_without_load_cannot_pin_or_evict_a_model(server, admin):
-    admin.chat(model="tiny-a", messages=HELLO, options=GREEDY)
+    admin.chat(model="tiny-a", messages=HELLO, options=GREEDY, keep_alive=1800)
     before = expires(admin.ps(), "tiny-a:latest")
     loads_before = server.model("tiny-a")["loads"]
     hostile = client(server, server.create_key("no-load", scopes=("infer",)))
@@ -369,8 +369,11 @@ def test_a_key_without_load_cannot_pin_or_evict_a_model(server, admin):
     assert server.model("tiny-a")["loads"] == loads_before
     drift = abs((expires(admin.ps(), "tiny-a:latest") - before).total_seconds())
     assert drift < 1, "its residency did not change"
-    # The model's own default is no change at all: allowed.
+    # The model's own default asks for nothing: allowed, and it does not undo the
+    # residency a key with `load` set.
     hostile.chat(model="tiny-a", messages=HELLO, options=GREEDY, keep_alive="10m")
+    left = (expires(admin.ps(), "tiny-a:latest") - datetime.now(UTC)).total_seconds()
+    assert left > 1700
 
 
 def test_a_key_without_load_cannot_load_with_an_empty_request(server, admin):
