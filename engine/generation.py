@@ -63,7 +63,7 @@ def seeded_sampler(
 ) -> Callable[[mx.array], mx.array]:
     """A sampler with its own random key, so a seed reproduces a result even
     while other requests interleave with this one."""
-    key = mx.random.key(seed)
+    key = mx.random.key(seed % 2**64)  # any integer: a negative one too
 
     def sample(logprobs: mx.array) -> mx.array:
         nonlocal key

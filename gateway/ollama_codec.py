@@ -13,6 +13,7 @@ from Ollama.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from gateway.ollama_schema import (
     Options,
     ToolIn,
 )
-from gateway.openai_codec import json_constraint, json_text, output_spec
+from gateway.openai_codec import json_constraint, json_text, output_spec, tool_specs
 from gateway.settings import EngineSettings
 
 # Ollama's defaults for the options a request leaves out.
@@ -40,6 +41,7 @@ DEFAULT_TOP_K = 40
 DEFAULT_REPEAT_PENALTY = 1.1
 DEFAULT_REPEAT_LAST_N = 64
 LATEST = ":latest"
+_NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+")
 _DURATION = re.compile(r"(?P<number>\d+(?:\.\d*)?|\.\d+)(?P<unit>ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -61,21 +63,23 @@ def keep_alive_seconds(value: float | str | None) -> float | None:
     (``"5m"``, ``"1h30m"``, ``"-1"``); negative means forever.  400 when malformed."""
     if value is None:
         return None
+    malformed = InvalidRequest(
+        f'keep_alive must be seconds or a duration such as "5m" or "1h30m"; got {value!r:.40}.',
+        param="keep_alive",
+    )
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise malformed
         return -1.0 if value < 0 else float(value)
     text = value.strip()
     sign = -1.0 if text.startswith("-") else 1.0
     body = text.lstrip("+-")
-    try:
+    if _NUMBER.fullmatch(body):
         seconds = float(body)  # a bare number is seconds
-    except ValueError:
+    else:
         parts = list(_DURATION.finditer(body))
         if not body or "".join(p.group(0) for p in parts) != body:
-            raise InvalidRequest(
-                f'keep_alive must be seconds or a duration such as "5m" or "1h30m"; '
-                f"got {value[:32]!r}.",
-                param="keep_alive",
-            ) from None
+            raise malformed
         seconds = sum(float(p.group("number")) * _UNITS[p.group("unit")] for p in parts)
     return -1.0 if sign < 0 and seconds > 0 else seconds
 
@@ -98,7 +102,7 @@ def sampling_params(options: Options | None, limits: EngineSettings) -> Sampling
         temperature=DEFAULT_TEMPERATURE if o.temperature is None else o.temperature,
         top_p=DEFAULT_TOP_P if o.top_p is None else o.top_p,
         top_k=DEFAULT_TOP_K if o.top_k is None else o.top_k,
-        seed=o.seed,
+        seed=None if o.seed is None or o.seed < 0 else o.seed,  # Ollama: -1 is random
         stop=o.stops(),
         presence_penalty=o.presence_penalty or 0.0,
         frequency_penalty=o.frequency_penalty or 0.0,
@@ -184,19 +188,7 @@ def check_generate(req: GenerateRequest) -> None:
 
 
 def _tools(tools: list[ToolIn] | None) -> tuple[ToolSpec, ...]:
-    out = []
-    names: set[str] = set()
-    for i, tool in enumerate(tools or ()):
-        function = tool.function
-        if function.name in names:
-            raise InvalidRequest(
-                f"Two tools are named {function.name}.", param=f"tools.{i}.function.name"
-            )
-        names.add(function.name)
-        parameters = function.parameters or {"type": "object", "properties": {}}
-        param = f"tools.{i}.function.parameters"
-        out.append(ToolSpec(function.name, function.description, json_text(parameters, param)))
-    return tuple(out)
+    return tool_specs((tool.function for tool in tools or ()), "tools.{i}.function")
 
 
 def reasoning_of(think: bool | str | None) -> bool | None:

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from gateway.openai_schema import MAX_TOOLS, FunctionName, ModelName, Temperature, TopP
+from gateway.openai_schema import MAX_TOOLS, FunctionName, ModelName, Seed, Temperature, TopP
 
 Penalty = Annotated[float, Meta(ge=-2, le=2)]
 # A number of seconds (negative: forever) or a Go duration ("5m", "1h30m", "-1").
@@ -33,7 +33,7 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     top_k: Annotated[int, Meta(ge=0, le=1000)] | None = None
     num_predict: int | None = None  # <= 0: until the end of turn or the context is full
     stop: str | Annotated[list[str], Meta(max_length=16)] | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     repeat_penalty: Annotated[float, Meta(gt=0, le=2)] | None = None
     repeat_last_n: Annotated[int, Meta(ge=-1, le=32768)] | None = None
     presence_penalty: Penalty | None = None

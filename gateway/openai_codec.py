@@ -11,7 +11,8 @@ a key or a model: that is ``gateway.pipeline``'s.
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from engine.protocol import (
     ChatMessage,
@@ -114,20 +115,34 @@ def messages_of(req: ChatCompletionRequest) -> tuple[ChatMessage, ...]:
     return tuple(out)
 
 
-def _tools(req: ChatCompletionRequest) -> tuple[ToolSpec, ...]:
+class FunctionLike(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def parameters(self) -> dict[str, Any] | None: ...
+
+
+def tool_specs(functions: Iterable[FunctionLike], path: str) -> tuple[ToolSpec, ...]:
+    """Function tools as the engine takes them; ``path`` is how the API names the
+    ``i``-th function in an error (``"tools.[{i}].function"``)."""
     tools = []
     names = set()
-    for i, tool in enumerate(req.tools or ()):
-        function = tool.function
+    for i, function in enumerate(functions):
         if function.name in names:
             raise InvalidRequest(
-                f"Two tools are named {function.name}.", param=f"tools.[{i}].function.name"
+                f"Two tools are named {function.name}.", param=path.format(i=i) + ".name"
             )
         names.add(function.name)
         parameters = function.parameters or {"type": "object", "properties": {}}
-        param = f"tools.[{i}].function.parameters"
+        param = path.format(i=i) + ".parameters"
         tools.append(ToolSpec(function.name, function.description, json_text(parameters, param)))
     return tuple(tools)
+
+
+def _tools(req: ChatCompletionRequest) -> tuple[ToolSpec, ...]:
+    return tool_specs((tool.function for tool in req.tools or ()), "tools.[{i}].function")
 
 
 def _reasoning(req: ChatCompletionRequest) -> bool | None:
@@ -167,9 +182,10 @@ def output_spec(
         constraint = Constraint("tool_call", tools=(choice,))
     if json_format is not None:
         if parse:
+            unless = ' (unless `tool_choice` is "none")' if format_param != "format" else ""
             raise InvalidRequest(
-                f"`{format_param}` cannot be combined with `tools` (unless `tool_choice` is "
-                '"none"): the output is either a tool call or the JSON.',
+                f"`{format_param}` cannot be combined with `tools`{unless}: the output is "
+                "either a tool call or the JSON.",
                 param=format_param,
             )
         constraint = json_format

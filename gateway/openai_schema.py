@@ -20,6 +20,7 @@ Bias = Annotated[float, Meta(ge=-100, le=100)]
 PositiveInt = Annotated[int, Meta(ge=1)]
 Stop = str | Annotated[list[str], Meta(max_length=4)]
 ModelName = Annotated[str, Meta(min_length=1, max_length=256)]
+Seed = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]  # a 64-bit integer
 
 
 class TextPart(msgspec.Struct, frozen=True):
@@ -72,7 +73,7 @@ class SamplingFields(msgspec.Struct, frozen=True, kw_only=True):
     top_p: TopP | None = None
     n: PositiveInt = 1
     stop: Stop | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     logit_bias: dict[str, Bias] | None = None

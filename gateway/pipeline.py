@@ -67,6 +67,7 @@ class Ask:
     context_limit: int | None = None  # a smaller window than the model's (Ollama's num_ctx)
     keep_alive: float | None = None  # seconds the model stays after this (Ollama's keep_alive)
     load_only: bool = False  # no prompt: only load the model, or unload it (keep_alive 0)
+    format_param: str = "response_format"  # what the API calls its output format field
 
     @property
     def unloads(self) -> bool:
@@ -194,9 +195,9 @@ async def check_constraint(ctx: AppContext, ask: Ask) -> None:
             "The gateway's tokenizers are busy; retry shortly.", retry_after=1
         ) from None
     if message is not None:
-        param = "tool_choice" if output.constraint.kind == "tool_call" else "response_format"
+        param = "tool_choice" if output.constraint.kind == "tool_call" else ask.format_param
         raise InvalidRequest(
-            f"The output constraint cannot be enforced: {message}",
+            f"The output constraint (`{param}`) cannot be enforced: {message}",
             param=param,
             code="unsupported_schema",
         )

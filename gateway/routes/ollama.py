@@ -146,9 +146,12 @@ def _final(model: str, chat: bool, done: Completed, clock: Clock, logprobs: bool
     return body | {"done": True, "done_reason": done_reason(choice.finish_reason)} | durations
 
 
-async def _residency(request: Request, req: GenerationFields, ask: Ask, chat: bool) -> Any:
+async def _residency(request: Request, req: GenerationFields, route: str, chat: bool) -> Any:
     """No prompt: load the model (as a request would), or unload it (``keep_alive: 0``)."""
     ctx = context(request)
+    keep_alive = keep_alive_seconds(req.keep_alive)
+    params = SamplingParams(max_tokens=0)
+    ask = Ask(route, model_id_of(req.model), params, keep_alive=keep_alive, load_only=True)
     admitted = await pipeline.admit(request, ask)
     if ask.unloads:
         try:
@@ -196,20 +199,17 @@ def _window(req: GenerationFields) -> int | None:
 @post("/api/chat", status_code=200)
 async def chat(request: Request) -> Response[Any] | Stream:
     req = decode_body(await request.body(), ChatRequest)
-    model = model_id_of(req.model)
-    keep_alive = keep_alive_seconds(req.keep_alive)
     if not req.messages:
-        params = SamplingParams(max_tokens=0)
-        ask = Ask("/api/chat", model, params, keep_alive=keep_alive, load_only=True)
-        return await _residency(request, req, ask, chat=True)
+        return await _residency(request, req, "/api/chat", chat=True)
     ask = Ask(
         "/api/chat",
-        model,
+        model_id_of(req.model),
         _params(request, req),
         messages=messages_of(req),
         output=output_of(req, req.tools),
         context_limit=_window(req),
-        keep_alive=keep_alive,
+        keep_alive=keep_alive_seconds(req.keep_alive),
+        format_param="format",
     )
     return await _run(request, req, ask, chat=True)
 
@@ -218,23 +218,19 @@ async def chat(request: Request) -> Response[Any] | Stream:
 async def generate(request: Request) -> Response[Any] | Stream:
     req = decode_body(await request.body(), GenerateRequest)
     check_generate(req)
-    model = model_id_of(req.model)
-    keep_alive = keep_alive_seconds(req.keep_alive)
     if not req.prompt:
-        params = SamplingParams(max_tokens=0)
-        ask = Ask("/api/generate", model, params, keep_alive=keep_alive, load_only=True)
-        return await _residency(request, req, ask, chat=False)
-    params = _params(request, req)
+        return await _residency(request, req, "/api/generate", chat=False)
     fields: dict[str, Any] = (
         {"prompt": req.prompt} if req.raw else {"messages": generate_messages(req)}
     )
     ask = Ask(
         "/api/generate",
-        model,
-        params,
+        model_id_of(req.model),
+        _params(request, req),
         output=output_of(req),
         context_limit=_window(req),
-        keep_alive=keep_alive,
+        keep_alive=keep_alive_seconds(req.keep_alive),
+        format_param="format",
         **fields,
     )
     return await _run(request, req, ask, chat=False)

@@ -229,7 +229,15 @@ async def create_response(request: Request) -> Response[Any] | Stream:
     params = SamplingParams(
         max_tokens=max_tokens, temperature=0.0 if top_p == 0 else temperature, top_p=top_p
     )
-    ask = Ask("/v1/responses", req.model, params, 1, conversation(req), output=output_of(req))
+    ask = Ask(
+        "/v1/responses",
+        req.model,
+        params,
+        1,
+        conversation(req),
+        output=output_of(req),
+        format_param="text.format",
+    )
     admitted = await pipeline.admit(request, ask)
     ident, model = f"resp_{uuid.uuid4().hex}", admitted.spec.id
     if req.stream:

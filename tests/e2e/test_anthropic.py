@@ -155,10 +155,11 @@ def test_each_error_is_the_sdks_matching_exception(server, sdk):
 ROUTES = {
     "anthropic": ["/v1/messages", "/v1/messages/count_tokens"],
     "openai": ["/v1/chat/completions", "/v1/completions"],
+    "ollama": ["/api/chat", "/api/generate", "/api/show", "/api/pull"],
 }
 
 
-@pytest.mark.parametrize("family", ["anthropic", "openai"])
+@pytest.mark.parametrize("family", list(ROUTES))
 @pytest.mark.parametrize(
     ("case", "headers", "body", "status"),
     [
@@ -190,6 +191,30 @@ def test_every_error_of_every_route_has_its_apis_shape(server, family, case, hea
         if family == "anthropic":
             assert payload["type"] == "error"
             assert set(payload["error"]) == {"type", "message"}
+        elif family == "ollama":
+            assert set(payload) == {"error"}
+            assert isinstance(payload["error"], str) and payload["error"]
         else:
             assert set(payload) == {"error"}
             assert set(payload["error"]) == {"message", "type", "param", "code"}
+
+
+def test_ollamas_rate_limit_is_429_with_retry_after_in_ollamas_shape(server):
+    limited = server.create_key(
+        "ollama-one-a-minute", scopes=("infer", "load"), limits=Limits(requests_per_minute=1)
+    )
+    body = {
+        "model": "tiny-a",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": False,
+        "options": {"num_predict": 1},
+    }
+    headers = {"Authorization": f"Bearer {limited}"}
+    first = httpx.post(server.base_url + "/api/chat", json=body, headers=headers, timeout=60)
+    assert first.status_code == 200, first.text
+    second = httpx.post(server.base_url + "/api/chat", json=body, headers=headers, timeout=60)
+    assert second.status_code == 429, second.text
+    assert int(second.headers["retry-after"]) >= 1
+    payload = second.json()
+    assert set(payload) == {"error"}
+    assert isinstance(payload["error"], str) and payload["error"]

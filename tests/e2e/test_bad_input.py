@@ -313,3 +313,334 @@ def test_sdk_raises_matching_exception_classes(tiny_server, make_client):
     with pytest.raises(openai.BadRequestError) as bad:
         client.chat.completions.create(model="tiny-a", messages=HELLO, temperature=9)
     assert bad.value.param == "temperature"
+
+
+# --- Ollama's API: every error is exactly {"error": "<message>"} --------------------
+
+OCHAT = "/api/chat"
+OGEN = "/api/generate"
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
+
+def ochat(**fields):
+    return json.dumps({"model": "tiny-a", "messages": HELLO, **fields})
+
+
+def ogen(**fields):
+    return json.dumps({"model": "tiny-a", "prompt": "hi", **fields})
+
+
+def options(**values):
+    return ochat(options=values)
+
+
+OLLAMA_BAD_REQUESTS = [
+    # (name, method, path, body, status, a word the message must contain, or None)
+    ("malformed json", "POST", OCHAT, b'{"model": "tiny-a", "messages": [', 400, None),
+    ("generate malformed json", "POST", OGEN, b'{"model": ', 400, None),
+    ("body not an object", "POST", OCHAT, b"[]", 400, None),
+    ("generate body not an object", "POST", OGEN, b'"hi"', 400, None),
+    ("missing model", "POST", OCHAT, json.dumps({"messages": HELLO}), 400, "model"),
+    ("generate missing model", "POST", OGEN, json.dumps({"prompt": "hi"}), 400, "model"),
+    ("model not a string", "POST", OCHAT, ochat(model=5), 400, "model"),
+    ("model name malformed", "POST", OCHAT, ochat(model="../../etc/passwd"), 400, "model"),
+    ("model name empty", "POST", OCHAT, ochat(model=""), 400, "model"),
+    ("unknown model", "POST", OCHAT, ochat(model="no-such-model"), 404, "model"),
+    ("generate unknown model", "POST", OGEN, ogen(model="no-such-model:7b"), 404, "model"),
+    ("temperature 9", "POST", OCHAT, options(temperature=9), 400, "temperature"),
+    ("top_p 2", "POST", OCHAT, options(top_p=2), 400, "top_p"),
+    ("top_k negative", "POST", OCHAT, options(top_k=-1), 400, "top_k"),
+    ("repeat_penalty 0", "POST", OCHAT, options(repeat_penalty=0), 400, "repeat_penalty"),
+    ("repeat_penalty 5", "POST", OCHAT, options(repeat_penalty=5), 400, "repeat_penalty"),
+    ("num_ctx 0", "POST", OCHAT, options(num_ctx=0), 400, "num_ctx"),
+    ("options not an object", "POST", OCHAT, ochat(options=[1]), 400, "options"),
+    ("mirostat unsupported", "POST", OCHAT, options(mirostat=2), 400, "mirostat"),
+    ("min_p unsupported", "POST", OCHAT, options(min_p=0.3), 400, "min_p"),
+    ("typical_p unsupported", "POST", OCHAT, options(typical_p=0.5), 400, "typical_p"),
+    ("tfs_z unsupported", "POST", OGEN, ogen(options={"tfs_z": 0.5}), 400, "tfs_z"),
+    ("keep_alive a word", "POST", OCHAT, ochat(keep_alive="soon"), 400, "keep_alive"),
+    ("keep_alive a bad unit", "POST", OCHAT, ochat(keep_alive="5x"), 400, "keep_alive"),
+    ("keep_alive a list", "POST", OCHAT, ochat(keep_alive=[]), 400, "keep_alive"),
+    ("generate keep_alive a word", "POST", OGEN, ogen(keep_alive="later"), 400, "keep_alive"),
+    ("format xml", "POST", OCHAT, ochat(format="xml"), 400, "format"),
+    ("format schema not an object", "POST", OCHAT, ochat(format=[1]), 400, "format"),
+    (
+        "format schema uncompilable",
+        "POST",
+        OCHAT,
+        ochat(format={"$ref": "#/definitions/nope"}),
+        400,
+        "format",
+    ),
+    (
+        "generate format schema uncompilable",
+        "POST",
+        OGEN,
+        ogen(format={"type": "object", "if": {}}),
+        400,
+        "format",
+    ),
+    ("format with tools", "POST", OCHAT, ochat(format="json", tools=[TOOL]), 400, "format"),
+    ("top_logprobs without logprobs", "POST", OCHAT, ochat(top_logprobs=2), 400, "top_logprobs"),
+    (
+        "top_logprobs 99",
+        "POST",
+        OCHAT,
+        ochat(logprobs=True, top_logprobs=99),
+        400,
+        "top_logprobs",
+    ),
+    (
+        "unknown role",
+        "POST",
+        OCHAT,
+        ochat(messages=[{"role": "wizard", "content": "x"}]),
+        400,
+        "role",
+    ),
+    ("message without role", "POST", OCHAT, ochat(messages=[{"content": "x"}]), 400, "role"),
+    ("messages not a list", "POST", OCHAT, ochat(messages="hi"), 400, "messages"),
+    (
+        "user message with tool_calls",
+        "POST",
+        OCHAT,
+        ochat(
+            messages=[{"role": "user", "content": "x", "tool_calls": [{"function": {"name": "f"}}]}]
+        ),
+        400,
+        "tool_calls",
+    ),
+    (
+        "images on a chat message",
+        "POST",
+        OCHAT,
+        ochat(messages=[{"role": "user", "content": "what is this?", "images": ["aGk="]}]),
+        400,
+        "images",
+    ),
+    ("images on generate", "POST", OGEN, ogen(images=["aGk="]), 400, "images"),
+    ("generate suffix", "POST", OGEN, ogen(suffix="}"), 400, "suffix"),
+    ("generate template", "POST", OGEN, ogen(template="{{ .Prompt }}"), 400, "template"),
+    ("generate context", "POST", OGEN, ogen(context=[1, 2, 3]), 400, "context"),
+    ("generate raw with system", "POST", OGEN, ogen(raw=True, system="terse"), 400, "system"),
+    ("stream not a bool", "POST", OCHAT, ochat(stream="yes"), 400, "stream"),
+    ("generate stream not a bool", "POST", OGEN, ogen(stream="yes"), 400, "stream"),
+    (
+        "tool with a bad function name",
+        "POST",
+        OCHAT,
+        ochat(tools=[{"type": "function", "function": {"name": "rm -rf"}}]),
+        400,
+        "tools",
+    ),
+    ("two tools with one name", "POST", OCHAT, ochat(tools=[TOOL, TOOL]), 400, "tools"),
+    (
+        "prompt beyond the model's context",
+        "POST",
+        OCHAT,
+        ochat(messages=[{"role": "user", "content": "word " * 8000}]),
+        400,
+        "context",
+    ),
+    (
+        "generate prompt beyond the model's context",
+        "POST",
+        OGEN,
+        ogen(prompt="word " * 8000),
+        400,
+        "context",
+    ),
+    ("prompt beyond num_ctx", "POST", OCHAT, options(num_ctx=8), 400, "context"),
+    (
+        "body over the size limit",
+        "POST",
+        OCHAT,
+        ochat(messages=[{"role": "user", "content": "x" * (5 * 1024 * 1024)}]),
+        413,
+        None,
+    ),
+    ("show without model", "POST", "/api/show", b"{}", 400, "model"),
+    ("show model not a string", "POST", "/api/show", json.dumps({"model": 5}), 400, "model"),
+    ("show unknown model", "POST", "/api/show", json.dumps({"model": "ghost"}), 404, "model"),
+    ("pull without model", "POST", "/api/pull", b"{}", 400, "model"),
+    ("pull malformed json", "POST", "/api/pull", b"{", 400, None),
+    ("delete without model", "DELETE", "/api/delete", b"{}", 400, "model"),
+    (
+        "delete unknown model",
+        "DELETE",
+        "/api/delete",
+        json.dumps({"model": "ghost"}),
+        404,
+        "model",
+    ),
+]
+
+
+def assert_ollama_error(response: httpx.Response, status: int) -> str:
+    """The response is Ollama's error: exactly ``{"error": "<message>"}``; its message."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    payload = response.json()
+    assert set(payload) == {"error"}, payload
+    assert isinstance(payload["error"], str) and payload["error"], payload
+    return payload["error"]
+
+
+# Known gateway bugs: the test says what should happen; strict, so a fix shows up.
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "field"),
+    [pytest.param(*case[1:], id=case[0]) for case in OLLAMA_BAD_REQUESTS],
+)
+def test_bad_ollama_request_gets_ollamas_error_shape_and_right_status(
+    tiny_server, method, path, body, status, field
+):
+    response = httpx.request(
+        method,
+        tiny_server.base_url + path,
+        content=body,
+        headers={"content-type": "application/json", **tiny_server.headers},
+        timeout=60,
+    )
+    assert response.status_code < 500, response.text
+    message = assert_ollama_error(response, status)
+    if field is not None:
+        assert field.lower() in message.lower(), message
+
+
+OLLAMA_UNSUPPORTED = [
+    ("POST", "/api/create", {"model": "mine", "from": "tiny-a"}),
+    ("POST", "/api/push", {"model": "tiny-a"}),
+    ("POST", "/api/copy", {"source": "tiny-a", "destination": "mine"}),
+    ("POST", "/api/embed", {"model": "tiny-a", "input": "hi"}),
+    ("POST", "/api/embeddings", {"model": "tiny-a", "prompt": "hi"}),
+    ("POST", "/api/blobs/sha256:" + "0" * 64, None),
+    ("HEAD", "/api/blobs/sha256:" + "0" * 64, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    OLLAMA_UNSUPPORTED,
+    ids=[f"{m} {p}" for m, p, _ in OLLAMA_UNSUPPORTED],
+)
+def test_ollamas_unsupported_routes_answer_501_in_ollamas_shape(tiny_server, method, path, body):
+    response = httpx.request(
+        method,
+        tiny_server.base_url + path,
+        json=body,
+        headers=tiny_server.headers,
+        timeout=60,
+    )
+    if method == "HEAD":  # no body: the status is all a HEAD can say
+        assert response.status_code == 501, response.headers
+        assert not response.content
+    else:
+        assert_ollama_error(response, 501)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/api/nothing", 404),
+        ("POST", "/api/nothing", 404),
+        ("GET", "/api/chat", 405),
+        ("GET", "/api/generate", 405),
+        ("POST", "/api/tags", 405),
+        ("GET", "/api/show", 405),
+        ("POST", "/api/delete", 405),
+    ],
+)
+def test_unknown_ollama_routes_and_wrong_methods_answer_in_ollamas_shape(
+    tiny_server, method, path, status
+):
+    response = httpx.request(
+        method, tiny_server.base_url + path, json={}, headers=tiny_server.headers, timeout=60
+    )
+    assert_ollama_error(response, status)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", OCHAT, {"model": "tiny-a", "messages": HELLO}),
+        ("POST", OGEN, {"model": "tiny-a", "prompt": "hi"}),
+        ("GET", "/api/tags", None),
+        ("GET", "/api/ps", None),
+        ("POST", "/api/show", {"model": "tiny-a"}),
+        ("POST", "/api/pull", {"model": "tiny-a"}),
+        ("DELETE", "/api/delete", {"model": "tiny-a"}),
+        ("GET", "/api/version", None),
+        *OLLAMA_UNSUPPORTED,
+    ],
+)
+@pytest.mark.parametrize("key", ["none", "wrong"])
+def test_ollama_routes_reveal_nothing_without_a_valid_key(tiny_server, method, path, body, key):
+    headers = {"Authorization": "Bearer gw-00000000-wrong"} if key == "wrong" else {}
+    response = httpx.request(
+        method, tiny_server.base_url + path, json=body, headers=headers, timeout=60
+    )
+    if method == "HEAD":
+        assert response.status_code == 401, response.headers
+    else:
+        assert_ollama_error(response, 401)
+
+
+def test_a_nan_keep_alive_is_refused_by_name(tiny_server):
+    url = tiny_server.base_url
+    body = {"model": "tiny-a", "messages": HELLO, "stream": False, "options": {"num_predict": 1}}
+    try:
+        response = httpx.post(
+            url + OCHAT, json=body | {"keep_alive": "nan"}, headers=tiny_server.headers, timeout=60
+        )
+        listed = httpx.get(url + "/api/ps", headers=tiny_server.headers, timeout=60)
+        assert listed.status_code == 200, listed.text
+        assert "keep_alive" in assert_ollama_error(response, 400)
+    finally:  # whatever happened, give tiny-a back a sane keep_alive
+        httpx.post(
+            url + OCHAT,
+            json={"model": "tiny-a", "keep_alive": "10m", "stream": False},
+            headers=tiny_server.headers,
+            timeout=60,
+        )
+
+
+@pytest.mark.parametrize("seed", [-1, -(2**63)])
+def test_a_negative_seed_is_honoured_or_refused_by_name(tiny_server, seed):
+    body = {
+        "model": "tiny-a",
+        "messages": HELLO,
+        "stream": False,
+        "options": {"seed": seed, "num_predict": 1},
+    }
+    response = httpx.post(
+        tiny_server.base_url + OCHAT, json=body, headers=tiny_server.headers, timeout=60
+    )
+    if response.status_code == 200:
+        assert response.json()["done"] is True
+    else:
+        message = assert_ollama_error(response, 400)
+        assert "seed" in message and "Error" not in message, message
+
+
+@pytest.mark.parametrize("seed", [-1, -(2**63), 2**63 - 1])
+def test_any_64_bit_seed_reproduces_on_the_openai_api(tiny_server, make_client, seed):
+    client = make_client(tiny_server)
+
+    def once() -> str:
+        reply = client.chat.completions.create(
+            model="tiny-a", messages=HELLO, max_tokens=6, temperature=1.0, seed=seed
+        )
+        return reply.choices[0].message.content or ""
+
+    assert once() == once()
+
+
+def test_a_seed_past_a_64_bit_integer_is_refused_by_name(tiny_server):
+    response = httpx.post(
+        tiny_server.base_url + CHAT,
+        json={"model": "tiny-a", "messages": HELLO, "seed": 2**63},
+        headers=tiny_server.headers,
+        timeout=60,
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "seed"
