@@ -11,8 +11,6 @@ Ollama's ``{"error": "..."}`` with the status the other APIs use.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,63 +22,13 @@ import jsonschema
 import ollama
 import pytest
 
-from tests.support.server import REPO, GatewayServer
+from tests.e2e.test_tool_templates import NO_THINKING, THINKING, TOOLS, WEATHER_CALL
+from tests.e2e.test_tool_templates import _build as build
+from tests.support.server import GatewayServer
 
 CEILING = 3600
-WEATHER_CALL = [
-    "Let me check.",
-    '\n<tool_call>\n{"name": "get_weather", ',
-    '"arguments": {"city": ',
-    '"Paris", "unit": ',
-    '"celsius"}}',
-    "\n</tool_call>",
-    '\n<tool_call>\n{"name": "get_time", "arguments": {"timezone": "CET"}}\n</tool_call>',
-]
-THINKING = [
-    "<think>",
-    "\nThe user wants the weather.",
-    "\n</think>",
-    "\n\nIt is sunny",
-    " in Paris.",
-]
-NO_THINKING = ["Sunny in Paris, without thinking."]
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Weather in a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}, "unit": {"type": "string"}},
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "get_time",
-            "parameters": {"type": "object", "properties": {"timezone": {"type": "string"}}},
-        },
-    },
-]
 HELLO = [{"role": "user", "content": "hi"}]
 GREEDY = {"temperature": 0, "num_predict": 8}
-
-
-def _scripted(models: Path, name: str, spec: dict, template: str) -> None:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.support.scripted_model",
-            str(models / name),
-            json.dumps(spec),
-            template,
-        ],
-        check=True,
-        cwd=REPO,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +38,9 @@ def server(
     models = tmp_path_factory.mktemp("ollama-models")
     for name in ("tiny-a", "tiny-b"):
         (models / name).symlink_to(tiny_models_dir / name)
-    _scripted(models, "qwen-tools", {"script": WEATHER_CALL}, "qwen_tools")
+    build(models, "qwen-tools", {"script": WEATHER_CALL}, "qwen_tools")
     spec = {"script": THINKING, "script_after_think_off": NO_THINKING}
-    _scripted(models, "qwen-think", spec, "qwen3_thinking")
+    build(models, "qwen-think", spec, "qwen3_thinking")
     gateway = GatewayServer(
         models,
         tmp_path_factory.mktemp("ollama-data"),
