@@ -26,7 +26,7 @@ import msgspec
 from litestar import Request
 
 from engine.chat import ToolsNotSupported, uses_tools
-from engine.downloads import DownloadPlan
+from engine.downloads import DownloadJob, DownloadPlan
 from engine.memory import MemoryEstimateError, MemoryNeed
 from engine.protocol import PLAIN_OUTPUT, ChatMessage, OutputSpec, SamplingParams
 from engine.store import ModelSpec
@@ -36,6 +36,7 @@ from gateway.auth import principal_of
 from gateway.context import AppContext
 from gateway.errors import (
     InvalidRequest,
+    ModelNotFound,
     ModelUnavailable,
     PermissionDenied,
     RequestTimeout,
@@ -305,6 +306,50 @@ def _residency(ctx: AppContext, principal: Principal, spec: ModelSpec, ask: Ask)
     return replace(ask, keep_alive=value)
 
 
+def _check_room(ctx: AppContext, principal: Principal, plan: DownloadPlan, used: int) -> None:
+    """The download's size against the disk and the key's quota, unless it joins a
+    running download of the same commit (whose bytes are held already)."""
+    assert ctx.downloader is not None
+    running = ctx.downloader.active_for(plan.repo)
+    if running is None or running.plan.commit != plan.commit:
+        room = ctx.downloader.room(used)
+        hub.check_download(ctx, principal, plan.repo, plan.total_bytes, now=time.time(), room=room)
+
+
+async def admit_pull(
+    request: Request[Any, Any, Any], ask: Ask
+) -> tuple[ModelSpec, Admission, DownloadJob | None]:
+    """A download without a load (Ollama's ``/api/pull``), in the order of ``admit``:
+    the allowlist and every download check that needs no I/O, the key's limits
+    counting nothing, the hub's metadata and the sizes; then the request is counted
+    and the job started (or joined) in one synchronous step.  ``None``: the model is
+    on disk already, nothing to fetch.  A refused pull consumes nothing."""
+    ctx = context(request)
+    principal = principal_of(request)
+    spec = _allowed(ctx, request, principal, ask.model)
+    resources = replace(_resources(ctx, spec, None), loaded=True)  # nothing loads
+    if spec.on_disk:
+        return spec, _decide(ctx, principal, resources, ask, ask.route, 0), None
+    if spec.repo is None:
+        raise ModelNotFound(
+            f"{spec.id} is not on disk and has no source to pull it from.", param="model"
+        )
+    hub.check_gate(ctx, principal, spec.repo)
+    _decide(ctx, principal, resources, ask, ask.route, 0, dry_run=True)
+    plan = await hub.fetch_hub_plan(ctx, spec.repo, spec.revision or "main")
+    assert ctx.downloader is not None
+    used = await ctx.downloader.measure()
+    _check_room(ctx, principal, plan, used)
+    admission = _decide(ctx, principal, resources, ask, ask.route, 0)
+    try:
+        job = hub.begin_download(ctx, principal, plan, used)
+    except BaseException:
+        admission.release()
+        raise
+    admission.scope_state = request.scope.setdefault("state", {})
+    return spec, admission, job
+
+
 async def _hub_model(
     ctx: AppContext,
     principal: Principal,
@@ -316,19 +361,12 @@ async def _hub_model(
     assert spec.repo is not None and ctx.downloader is not None
     plan: DownloadPlan = await hub.fetch_hub_plan(ctx, spec.repo, spec.revision or "main")
     state["model"] = spec.id
-
-    def check_room(used: int) -> None:
-        running = ctx.downloader.active_for(plan.repo) if ctx.downloader else None
-        if running is None or running.plan.commit != plan.commit:  # else shared: held already
-            room = ctx.downloader.room(used) if ctx.downloader else 0
-            size = plan.total_bytes
-            hub.check_download(ctx, principal, plan.repo, size, now=time.time(), room=room)
-
-    check_room(await ctx.downloader.measure())  # sizes first: no file byte read if refused
+    # Sizes first: no file byte read if refused.
+    _check_room(ctx, principal, plan, await ctx.downloader.measure())
     need = await hub.fetch_hub_need(ctx, spec, plan)
     used = await ctx.downloader.measure()
     # From here to the job's start: one synchronous step.
-    check_room(used)
+    _check_room(ctx, principal, plan, used)
     resources = _resources(ctx, spec, need)
     admission = _decide(ctx, principal, resources, ask, ask.route, ask.text_bytes // 4 + 1)
     try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -34,7 +35,7 @@ from gateway.admission import background
 from gateway.auth import principal_of, require_admin
 from gateway.context import AppContext
 from gateway.errors import InvalidRequest, ModelNotFound, ModelUnavailable, NotSupported
-from gateway.hub import finished, start_download
+from gateway.hub import finished
 from gateway.ollama_codec import (
     DEFAULT_REPEAT_LAST_N,
     DEFAULT_REPEAT_PENALTY,
@@ -136,7 +137,7 @@ async def tags(request: Request) -> dict[str, Any]:
 def expires_at(status: ModelStatus, now: float) -> str:
     """When the model will be unloaded if nobody uses it again."""
     keep = status.keep_alive
-    if keep is None or keep < 0:
+    if keep is None or keep < 0 or not math.isfinite(keep):
         return FOREVER
     idle = status.idle_seconds or 0.0
     return iso(now - idle + keep)
@@ -259,27 +260,25 @@ async def _pull_lines(
 
 @post("/api/pull", status_code=200)
 async def pull(request: Request) -> Response[Any] | Stream:
-    """Download a hub model under every download rule; Ollama's progress objects."""
+    """Download a hub model under every download rule; Ollama's progress objects.
+
+    The checks are ``pipeline.admit_pull``'s, in the pipeline's order: a refused
+    pull consumes nothing, and a key its limits refuse asks the hub nothing."""
     ctx = context(request)
     req = decode_body(await request.body(), ModelRequest)
-    name = model_id_of(_name_of(req))
-    ask = Ask("/api/pull", name, SamplingParams(max_tokens=0))
-    spec, admission = pipeline.admit_plain(request, ask)
+    ask = Ask("/api/pull", model_id_of(_name_of(req)), SamplingParams(max_tokens=0))
+    spec, admission, job = await pipeline.admit_pull(request, ask)
     try:
-        if spec.on_disk:
-            await admission.record(0, 0, 200)
-            admission.release()
-            if not req.stream:
-                return Response({"status": "success"})
-            lines = [line({"status": s}) for s in ("pulling manifest", "success")]
-            return Response(b"".join(lines), media_type=NDJSON)
-        if spec.repo is None:
-            raise _not_found(name)
-        job = await start_download(ctx, principal_of(request), spec.repo, spec.revision or "main")
         await admission.record(0, 0, 200)
     except BaseException:
         admission.release()
         raise
+    if job is None:  # on disk already
+        admission.release()
+        if not req.stream:
+            return Response({"status": "success"})
+        lines = [line({"status": s}) for s in ("pulling manifest", "success")]
+        return Response(b"".join(lines), media_type=NDJSON)
 
     async def register() -> None:  # the model joins the catalogue even if the client left
         await job.done.wait()
