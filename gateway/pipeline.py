@@ -329,7 +329,9 @@ async def admit_pull(
     spec = _allowed(ctx, request, principal, ask.model)
     resources = replace(_resources(ctx, spec, None), loaded=True)  # nothing loads
     if spec.on_disk:
-        return spec, _decide(ctx, principal, resources, ask, ask.route, 0), None
+        admission = _decide(ctx, principal, resources, ask, ask.route, 0)
+        admission.scope_state = request.scope.setdefault("state", {})
+        return spec, admission, None
     if spec.repo is None:
         raise ModelNotFound(
             f"{spec.id} is not on disk and has no source to pull it from.", param="model"
@@ -453,7 +455,7 @@ async def _prompt(ctx: AppContext, spec: ModelSpec, ask: Ask) -> tuple[tuple[int
 
 def admit_plain(request: Request[Any, Any, Any], ask: Ask) -> tuple[ModelSpec, Admission]:
     """Admit a request that never loads, downloads or generates anything (counting
-    tokens, unloading, pulling): the key's allowlist, its ``keep_alive`` rights and its
+    tokens, unloading a model): the key's allowlist, its ``keep_alive`` rights and its
     rate and concurrency limits, counted and recorded like any request."""
     ctx = context(request)
     principal = principal_of(request)
