@@ -134,12 +134,14 @@ async def tags(request: Request) -> dict[str, Any]:
     }
 
 
-def expires_at(status: ModelStatus, now: float) -> str:
-    """When the model will be unloaded if nobody uses it again."""
+def expires_at(status: ModelStatus, now: float, exact: bool) -> str:
+    """When the model will be unloaded if nobody uses it again.  Only an admin sees
+    the exact time: it moves whenever anyone's request ends, so it would tell one key
+    when others use the model; any other key sees the keep-alive counted from now."""
     keep = status.keep_alive
     if keep is None or keep < 0 or not math.isfinite(keep):
         return FOREVER
-    idle = status.idle_seconds or 0.0
+    idle = (status.idle_seconds or 0.0) if exact else 0.0
     return iso(now - idle + keep)
 
 
@@ -167,7 +169,7 @@ async def ps(request: Request) -> dict[str, Any]:
                 "size": memory,
                 "digest": facts[spec].digest,
                 "details": details(facts[spec]),
-                "expires_at": expires_at(status, now),
+                "expires_at": expires_at(status, now, exact=principal.has("admin")),
                 "size_vram": memory,
                 "context_length": spec.serving_context_length(),
             }

@@ -324,6 +324,17 @@ def test_a_key_without_load_cannot_pin_or_evict_a_model(server, admin):
     assert left > 1700
 
 
+def test_ps_tells_a_member_nothing_of_when_others_used_the_model(server, admin):
+    admin.chat(model="tiny-a", messages=HELLO, options=GREEDY, keep_alive=600)
+    time.sleep(2)  # idle: the exact expiry is now two seconds nearer
+    member = client(server, server.create_key("watcher", scopes=("infer",)))
+    now = datetime.now(UTC)
+    seen = (expires(member.ps(), "tiny-a:latest") - now).total_seconds()
+    exact = (expires(admin.ps(), "tiny-a:latest") - now).total_seconds()
+    assert abs(seen - 600) < 1, "a member sees the keep-alive counted from now"
+    assert exact < 598.5, "an admin sees when it really expires"
+
+
 def test_a_key_without_load_cannot_load_with_an_empty_request(server, admin):
     if state(server, "tiny-b") == "ready":
         admin.generate(model="tiny-b", keep_alive=0)
