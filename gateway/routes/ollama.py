@@ -65,22 +65,17 @@ class OllamaRenderer:
         self._reason = "stop"
 
     def _object(
-        self, text: str, reasoning: str = "", extra: dict[str, Any] | None = None
+        self,
+        text: str,
+        reasoning: str = "",
+        calls: list[dict[str, Any]] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        extra = dict(extra or {})
-        head: dict[str, Any] = {"model": self._model, "created_at": now_iso()}
-        if self._chat:
-            message: dict[str, Any] = {"role": "assistant", "content": text}
-            if reasoning:
-                message["thinking"] = reasoning
-            if "tool_calls" in extra:
-                message["tool_calls"] = extra.pop("tool_calls")
-            head["message"] = message
-        else:
-            head["response"] = text
-            if reasoning:
-                head["thinking"] = reasoning
-        return head | extra | {"done": extra.get("done", False)}
+        return (
+            answer(self._model, self._chat, text, reasoning, calls)
+            | {"done": False}
+            | (extra or {})
+        )
 
     def opening(self, counts: Counts) -> list[bytes]:
         self._clock.open()
@@ -95,7 +90,7 @@ class OllamaRenderer:
         extra: dict[str, Any] = {}
         if self._logprobs and item.logprobs:
             extra["logprobs"] = logprobs_out(Choice(logprobs=list(item.logprobs)))
-        return [line(self._object(item.text, item.reasoning, extra))]
+        return [line(self._object(item.text, item.reasoning, extra=extra))]
 
     def choice_end(self, end: ChoiceEnd, counts: Counts) -> list[bytes]:
         self._clock.token()
@@ -104,7 +99,7 @@ class OllamaRenderer:
         if end.tool_error is not None:
             return [line(self._object(error_text(end.tool_error)))]
         if self._calls.calls:
-            return [line(self._object("", extra={"tool_calls": tool_calls_out(self._calls)}))]
+            return [line(self._object("", calls=tool_calls_out(self._calls)))]
         return []
 
     def closing(self, counts: Counts) -> list[bytes]:
@@ -120,6 +115,29 @@ class OllamaRenderer:
         return line(self._object(""))  # an empty piece: Ollama's clients read on
 
 
+def answer(
+    model: str,
+    chat: bool,
+    text: str,
+    reasoning: str = "",
+    calls: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """One object of an answer: chat's ``message`` or generate's ``response``."""
+    body: dict[str, Any] = {"model": model, "created_at": now_iso()}
+    if chat:
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if reasoning:
+            message["thinking"] = reasoning
+        if calls:
+            message["tool_calls"] = calls
+        body["message"] = message
+    else:
+        body["response"] = text
+        if reasoning:
+            body["thinking"] = reasoning
+    return body
+
+
 def _final(model: str, chat: bool, done: Completed, clock: Clock, logprobs: bool) -> dict[str, Any]:
     choice = done.choices[0]
     clock.opened = done.opened
@@ -127,18 +145,8 @@ def _final(model: str, chat: bool, done: Completed, clock: Clock, logprobs: bool
     text = choice.text
     if choice.tool_error is not None:
         text += error_text(choice.tool_error)
-    body: dict[str, Any] = {"model": model, "created_at": now_iso()}
-    if chat:
-        message: dict[str, Any] = {"role": "assistant", "content": text}
-        if choice.reasoning:
-            message["thinking"] = choice.reasoning
-        if choice.calls:
-            message["tool_calls"] = tool_calls_out(choice)
-        body["message"] = message
-    else:
-        body["response"] = text
-        if choice.reasoning:
-            body["thinking"] = choice.reasoning
+    calls = tool_calls_out(choice) if chat else None
+    body = answer(model, chat, text, choice.reasoning, calls)
     if logprobs:
         body["logprobs"] = logprobs_out(choice)
     counts = done.counts
@@ -163,12 +171,7 @@ async def _residency(request: Request, req: GenerationFields, route: str, chat: 
     else:
         await preload(ctx, admitted)
         reason = "load"
-    body: dict[str, Any] = {"model": req.model, "created_at": now_iso()}
-    if chat:
-        body["message"] = {"role": "assistant", "content": ""}
-    else:
-        body["response"] = ""
-    body |= {"done": True, "done_reason": reason}
+    body = answer(req.model, chat, "") | {"done": True, "done_reason": reason}
     if req.stream:
         return Response(line(body), media_type=NDJSON)
     return Response(body)
