@@ -74,12 +74,11 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from serving import (
-    DEFAULT_MODEL_DIR,
     GATEWAY,
     WARMUP_PROMPT,
     BenchError,
@@ -92,9 +91,10 @@ from serving import (
     progress,
     rate,
     ratio,
+    run_args,
     run_guarded,
     running_server,
-    versions,
+    write_json,
 )
 
 if TYPE_CHECKING:
@@ -408,38 +408,11 @@ def print_report(summary: dict[str, Any], args: argparse.Namespace, model_dir: P
     )
 
 
-def write_json(path: Path, summary: dict[str, Any], samples: list[Sample], **config: Any) -> None:
-    document = {
-        "config": config,
-        "versions": versions(),
-        **summary,
-        "samples": [asdict(s) for s in samples],
-    }
-    path.write_text(json.dumps(document, indent=2) + "\n")
-
-
 # --------------------------------------------------------------------------- main
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n", 1)[0] if __doc__ else None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--json", type=Path, help="also write the figures here as JSON")
-    parser.add_argument(
-        "--start-timeout", type=float, default=120.0, help="seconds the gateway may take to start"
-    )
-    parser.add_argument(
-        "--request-timeout", type=float, default=300.0, help="seconds one request may take"
-    )
-    args = parser.parse_args(argv)
-    if args.runs < 1 or args.max_tokens < 2:
-        parser.error("--runs must be at least 1 and --max-tokens at least 2")
-    return args
+    return run_args(__doc__, argv, max_tokens=32)
 
 
 def bench(args: argparse.Namespace, model_dir: Path) -> tuple[dict[str, Any], list[Sample]]:

@@ -635,14 +635,16 @@ def write_json(path: Path, summary: dict[str, Any], samples: list[Sample], **con
 # --------------------------------------------------------------------------- main
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def run_args(doc: str | None, argv: list[str] | None, max_tokens: int) -> argparse.Namespace:
+    """The options of a bench that runs servers on one model: ``--model-dir``,
+    ``--runs``, ``--max-tokens``, ``--json``, ``--start-timeout``, ``--request-timeout``."""
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n", 1)[0] if __doc__ else None,
+        description=doc.split("\n", 1)[0] if doc else None,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=max_tokens)
     parser.add_argument("--json", type=Path, help="also write the figures here as JSON")
     parser.add_argument(
         "--start-timeout", type=float, default=120.0, help="seconds a server may take to be ready"
@@ -654,6 +656,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.runs < 1 or args.max_tokens < 2:
         parser.error("--runs must be at least 1 and --max-tokens at least 2")
     return args
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return run_args(__doc__, argv, max_tokens=64)
 
 
 def bench(args: argparse.Namespace, model_dir: Path) -> tuple[dict[str, Any], list[Sample]]:
