@@ -82,23 +82,30 @@ def test_unknown_scopes_in_a_jwt_are_ignored(hs256):
 @pytest.mark.parametrize(
     "token",
     [
+        # Minted when the test runs, not at collection: the suite takes longer than
+        # these tokens' windows, and a token minted early would be refused (or
+        # accepted) for another reason than the one its name gives.
         pytest.param(
-            jwt.encode(claims(exp=time.time() - 60), SECRET, algorithm="HS256"), id="expired"
+            lambda: jwt.encode(claims(exp=time.time() - 60), SECRET, algorithm="HS256"),
+            id="expired",
         ),
         pytest.param(
-            jwt.encode(claims(nbf=time.time() + 600), SECRET, algorithm="HS256"), id="not yet valid"
+            lambda: jwt.encode(claims(nbf=time.time() + 600), SECRET, algorithm="HS256"),
+            id="not yet valid",
         ),
-        pytest.param(jwt.encode(claims(), "x" * 64, algorithm="HS256"), id="wrong secret"),
-        pytest.param(jwt.encode(claims(), None, algorithm="none"), id="alg none"),
-        pytest.param(jwt.encode(claims(), SECRET, algorithm="HS512"), id="other algorithm"),
-        pytest.param(jwt.encode({"sub": "a"}, SECRET, algorithm="HS256"), id="no exp"),
-        pytest.param(jwt.encode({"exp": time.time() + 60}, SECRET, algorithm="HS256"), id="no sub"),
-        pytest.param("a.b.c", id="garbage"),
+        pytest.param(lambda: jwt.encode(claims(), "x" * 64, algorithm="HS256"), id="wrong secret"),
+        pytest.param(lambda: jwt.encode(claims(), None, algorithm="none"), id="alg none"),
+        pytest.param(lambda: jwt.encode(claims(), SECRET, algorithm="HS512"), id="other algorithm"),
+        pytest.param(lambda: jwt.encode({"sub": "a"}, SECRET, algorithm="HS256"), id="no exp"),
+        pytest.param(
+            lambda: jwt.encode({"exp": time.time() + 60}, SECRET, algorithm="HS256"), id="no sub"
+        ),
+        pytest.param(lambda: "a.b.c", id="garbage"),
     ],
 )
 def test_bad_jwts_are_refused(hs256, token):
     with pytest.raises(AuthenticationFailed):
-        hs256.authenticate(token)
+        hs256.authenticate(token())
 
 
 def test_issuer_and_audience_are_checked():
