@@ -17,9 +17,9 @@ serve: $(STAMP)
 	$(BIN)/gateway serve
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway policies engine tests bench
-	$(BIN)/ruff format --check gateway policies engine tests bench
-	$(BIN)/mypy gateway policies engine
+	$(BIN)/ruff check gateway policies engine accounts tests bench
+	$(BIN)/ruff format --check gateway policies engine accounts tests bench
+	$(BIN)/mypy gateway policies engine accounts
 
 test: lint
 	$(BIN)/python -m pytest

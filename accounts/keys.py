@@ -1,4 +1,4 @@
-"""Gateway keys: ``gw-<id>-<secret>``, their hashes, and quota strings.
+"""Gateway keys: ``gw-<id>-<secret>`` and their hashes.
 
 ``id`` is 8 lowercase hex characters and names the key in lists and logs;
 ``secret`` is 43 URL-safe characters (256 random bits) and is shown once, at
@@ -15,8 +15,6 @@ import hmac
 import math
 import re
 import secrets
-
-from gateway.settings import SettingsError, parse_size
 
 PREFIX = "gw"
 _ID = re.compile(r"[0-9a-f]{8}")
@@ -65,25 +63,6 @@ def hash_secret(secret: str) -> str:
 def verify(secret: str, stored_hash: str) -> bool:
     """Whether ``secret`` hashes to ``stored_hash``, compared in constant time."""
     return hmac.compare_digest(hash_secret(secret).encode(), stored_hash.encode())
-
-
-def parse_quota(text: str, field: str = "download quota") -> int:
-    """``"20GB/day"`` as bytes per day; only ``/day`` is accepted.
-
-    Raises ``SettingsError`` (a ``ValueError``) naming ``field``.
-    """
-    amount, sep, period = text.partition("/")
-    if not sep or period.strip().lower() != "day":
-        raise SettingsError(f"{field}: {text!r} is not a quota such as 20GB/day")
-    try:
-        size = parse_size(amount, field)
-    except (OverflowError, ValueError):  # "infGB", "nanGB", "1e400GB"
-        size = -1
-    if not 0 <= size <= MAX_LIMIT:
-        raise SettingsError(
-            f"{field}: {text!r} is not a quota such as 20GB/day (at most {MAX_LIMIT} bytes)"
-        )
-    return size
 
 
 def check_expiry_days(days: float, field: str = "expires_in_days") -> float:

@@ -33,7 +33,7 @@ def day_start(now: float) -> float:
 class TokenHold:
     """Tokens held for one request: reserved at admission, settled once at its end."""
 
-    counters: UsageCounters
+    counters: MemoryCounters
     key_id: str
     at: float
     amount: int
@@ -62,7 +62,7 @@ PeriodTotals = Callable[[str, float], tuple[int, int, list[float]]]
 """(key_id, since) -> (tokens since, download bytes since, load times in the last hour)."""
 
 
-class UsageCounters:
+class MemoryCounters:
     def __init__(self, period_totals: PeriodTotals) -> None:
         self._period_totals = period_totals
         self._keys: dict[str, _KeyCounters] = {}

@@ -13,18 +13,9 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from gateway.keys import MAX_LIMIT
+from accounts.keys import MAX_LIMIT
+from accounts.limits import LIMIT_COLUMNS
 from policies.principal import SCOPES, Limits, Principal
-
-# Limits field -> keys column.
-LIMIT_COLUMNS = {
-    "requests_per_minute": "rpm",
-    "tokens_per_minute": "tpm",
-    "max_concurrent": "max_concurrent",
-    "tokens_per_day": "tokens_per_day",
-    "loads_per_hour": "loads_per_hour",
-    "download_bytes_per_day": "download_bytes_per_day",
-}
 
 
 @dataclass(frozen=True)

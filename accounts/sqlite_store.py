@@ -3,7 +3,7 @@
 Writes go through the process's single writer thread (``sqlite_writer``) and
 are committed when the call returns; reads use pooled read connections.  The
 sync API serves the CLI; the ``a``-prefixed coroutines serve the server.
-Secrets are never stored: only their SHA-256 (see ``gateway.keys``).
+Secrets are never stored: only their SHA-256 (see ``accounts.keys``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from pathlib import Path
 from types import EllipsisType
 from typing import Any, TypeVar
 
-from gateway.key_records import (
-    LIMIT_COLUMNS,
+from accounts.keys import hash_secret, new_key, parse_key, verify
+from accounts.limits import LIMIT_COLUMNS
+from accounts.records import (
     KeyRecord,
     check_expiry,
     check_limits,
@@ -24,8 +25,7 @@ from gateway.key_records import (
     check_scopes,
     record_of,
 )
-from gateway.keys import hash_secret, new_key, parse_key, verify
-from gateway.sqlite_writer import ReadPool, SQLiteWriter
+from accounts.sqlite_writer import ReadPool, SQLiteWriter
 from policies.principal import SCOPES, Limits
 
 T = TypeVar("T")
@@ -91,7 +91,7 @@ def _fetch(conn: sqlite3.Connection, key_id: str) -> KeyRecord:
     return record_of(row)
 
 
-class KeyStore:
+class SQLiteAccounts:
     """Keys, usage, downloads and loads in the SQLite file at ``path`` (created or migrated)."""
 
     def __init__(self, path: Path) -> None:
@@ -103,7 +103,7 @@ class KeyStore:
         self._writer.close()
         self._reads.close()
 
-    def __enter__(self) -> KeyStore:
+    def __enter__(self) -> SQLiteAccounts:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -369,7 +369,7 @@ class KeyStore:
         return [dict(row) for row in rows]
 
 
-def ensure_admin_key(store: KeyStore, now: float) -> str | None:
+def ensure_admin_key(store: SQLiteAccounts, now: float) -> str | None:
     """On a store with no keys at all, create key "admin" (every scope, every model).
 
     Returns its full key, to be shown once, or ``None`` when the store already has keys.
@@ -379,4 +379,4 @@ def ensure_admin_key(store: KeyStore, now: float) -> str | None:
     return None if created is None else created[1]
 
 
-__all__ = ["LIMIT_COLUMNS", "MIGRATIONS", "KeyRecord", "KeyStore", "ensure_admin_key"]
+__all__ = ["LIMIT_COLUMNS", "MIGRATIONS", "KeyRecord", "SQLiteAccounts", "ensure_admin_key"]

@@ -27,7 +27,7 @@ three):
     compared), admitted by the policies, and its usage committed.
 ``gateway, 10000 keys``
     the same with 10,000 keys in the store (created one by one through
-    ``KeyStore.create_key``, timed; in bulk with ``executemany`` if that would
+    ``SQLiteAccounts.create_key``, timed; in bulk with ``executemany`` if that would
     take over a minute); requests round-robin over 100 of them picked at random.
 
 LiteLLM (``--skip-litellm`` leaves it out; a failed install skips it, saying why):
@@ -460,7 +460,7 @@ def bulk_insert(store: Any, count: int, limits: Any, now: float) -> list[str]:
     """``count`` keys in one transaction (``executemany``), ids unique."""
     import sqlite3
 
-    from gateway.keys import new_key
+    from accounts.keys import new_key
 
     def insert(conn: sqlite3.Connection) -> list[str]:
         taken = {row[0] for row in conn.execute("SELECT id FROM keys")}
@@ -490,15 +490,15 @@ def bulk_insert(store: Any, count: int, limits: Any, now: float) -> list[str]:
 
 
 def create_many_keys(data_dir: Path, count: int) -> tuple[list[str], dict[str, Any]]:
-    """``count`` keys through ``KeyStore.create_key`` one by one (bulk if that is too slow)."""
-    from gateway.keystore import KeyStore
+    """``count`` keys through ``SQLiteAccounts.create_key``, one by one (bulk if too slow)."""
+    from accounts.sqlite_store import SQLiteAccounts
 
     data_dir.mkdir(parents=True, exist_ok=True)
     limits = bench_limits()
     keys: list[str] = []
     started = time.perf_counter()
-    method = "KeyStore.create_key, one by one"
-    with KeyStore(data_dir / "gateway.db") as store:
+    method = "SQLiteAccounts.create_key, one by one"
+    with SQLiteAccounts(data_dir / "gateway.db") as store:
         while len(keys) < count:
             _, key = store.create_key(
                 f"bench-{len(keys)}", scopes=("infer",), limits=limits, now=time.time()

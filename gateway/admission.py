@@ -21,9 +21,9 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from accounts.interfaces import TokenHold
 from engine.registry import ModelState
 from gateway.context import AppContext
-from gateway.counters import TokenHold
 from gateway.http_errors import from_denial
 from gateway.observe import record_response
 from policies.decision import Deny
@@ -106,17 +106,19 @@ class Admission:
         if self.recorded:
             return
         self._charge(prompt_tokens, completion_tokens)
-        if self.ctx.keys is not None:
-            await self.ctx.keys.arecord_usage(**self._row(prompt_tokens, completion_tokens, status))
+        if self.ctx.ledger is not None:
+            await self.ctx.ledger.arecord_usage(
+                **self._row(prompt_tokens, completion_tokens, status)
+            )
 
     def record_soon(self, prompt_tokens: int, completion_tokens: int, status: int) -> None:
         """Like ``record`` where awaiting is impossible (a cancelled task): committed soon."""
         if self.recorded:
             return
         self._charge(prompt_tokens, completion_tokens)
-        if self.ctx.keys is not None:
+        if self.ctx.ledger is not None:
             row = self._row(prompt_tokens, completion_tokens, status)
-            background(self.ctx.keys.arecord_usage(**row))
+            background(self.ctx.ledger.arecord_usage(**row))
 
 
 def decide(
@@ -151,8 +153,8 @@ def decide(
         return None
     will_load = not resources.loaded
     hold = counters.admit(principal.key_id, now, load=will_load, tokens=requested)
-    if will_load and ctx.keys is not None:
-        background(ctx.keys.arecord_load(principal.key_id, resources.model_id, now))
+    if will_load and ctx.ledger is not None:
+        background(ctx.ledger.arecord_load(principal.key_id, resources.model_id, now))
     return Admission(ctx, principal, resources.model_id, route, hold, ceiling)
 
 

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 from litestar import Litestar
 from litestar.middleware import DefineMiddleware
 
+from accounts.memory_counters import MemoryCounters
+from accounts.sqlite_store import SQLiteAccounts
 from engine.downloads import DownloadJob
 from engine.memory import physical_memory
 from engine.registry import Registry, RegistryConfig
@@ -20,9 +22,7 @@ from gateway.admission import background
 from gateway.auth import Authenticator, AuthMiddleware
 from gateway.catalogue import build_store
 from gateway.context import AppContext
-from gateway.counters import UsageCounters
 from gateway.hub import make_downloader
-from gateway.keystore import KeyStore
 from gateway.observe import MetricEvents, MetricsMiddleware
 from gateway.responses import handle_exception
 from gateway.routes import (
@@ -67,9 +67,9 @@ def registry_config(settings: Settings) -> RegistryConfig:
     )
 
 
-def open_key_store(settings: Settings) -> KeyStore:
+def open_key_store(settings: Settings) -> SQLiteAccounts:
     settings.data_path.mkdir(parents=True, exist_ok=True)
-    return KeyStore(settings.data_path / "gateway.db")
+    return SQLiteAccounts(settings.data_path / "gateway.db")
 
 
 def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
@@ -88,7 +88,7 @@ def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
             key_store.loads_since(key_id, time.time() - 3600),
         )
 
-    counters = UsageCounters(period_totals)
+    counters = MemoryCounters(period_totals)
 
     def downloaded(job: DownloadJob) -> None:
         if job.bytes_done:
@@ -113,6 +113,7 @@ def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
         registry,
         Authenticator(settings.auth, lookup),
         counters,
+        key_store,
         key_store,
         downloader,
         Tokenizers(settings.engine.tokenizer_threads, settings.engine.tokenizer_queue),

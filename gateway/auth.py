@@ -36,20 +36,13 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
+from accounts.keys import MAX_LIMIT
+from accounts.limits import LIMIT_CLAIMS
 from gateway.errors import AuthenticationFailed, PermissionDenied
-from gateway.keys import MAX_LIMIT
 from gateway.settings import AuthSettings, SettingsError
 from policies.principal import SCOPES, Limits, Principal
 
 ANONYMOUS = Principal("anonymous", "anonymous", frozenset(SCOPES), ("*",), Limits())
-LIMIT_CLAIMS = {
-    "rpm": "requests_per_minute",
-    "tpm": "tokens_per_minute",
-    "max_concurrent": "max_concurrent",
-    "tokens_per_day": "tokens_per_day",
-    "loads_per_hour": "loads_per_hour",
-    "download_bytes_per_day": "download_bytes_per_day",
-}
 
 # ``jwt:<sub>`` is the key id usage is recorded under (128 characters at most); a longer
 # subject is refused rather than cut, so that two subjects never share an id.

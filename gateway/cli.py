@@ -48,8 +48,8 @@ def announce_auth(settings: Settings) -> None:
     """Create and print the first admin key of an empty store; shout if auth is off."""
     import time
 
+    from accounts.sqlite_store import ensure_admin_key
     from gateway.app import open_key_store
-    from gateway.keystore import ensure_admin_key
 
     if not settings.auth.enabled:
         banner = "!" * 78

@@ -15,21 +15,17 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.keys import MAX_EXPIRY_DAYS, MAX_LIMIT, check_expiry_days, parse_quota
-from gateway.keystore import LIMIT_COLUMNS, KeyRecord, KeyStore
+from accounts.interfaces import Accounts
+from accounts.keys import MAX_EXPIRY_DAYS, MAX_LIMIT, check_expiry_days
+from accounts.limits import LIMIT_COLUMNS, LIMIT_FLAGS, LIMIT_SHORT
+from accounts.records import KeyRecord
+from accounts.sqlite_store import SQLiteAccounts
+from accounts.sqlite_writer import SchemaError
+from gateway.quotas import parse_quota
 from gateway.settings import load_settings
-from gateway.sqlite_writer import SchemaError
 from policies.principal import SCOPES, Limits
 
 DAY = 86400.0
-# flag -> Limits field, for the integer limits
-LIMIT_FLAGS = {
-    "--rpm": "requests_per_minute",
-    "--tpm": "tokens_per_minute",
-    "--max-concurrent": "max_concurrent",
-    "--tokens-per-day": "tokens_per_day",
-    "--loads-per-hour": "loads_per_hour",
-}
 UNLIMITED = ("none", "unlimited")
 
 
@@ -143,7 +139,6 @@ def _size(n: int) -> str:
 
 
 def _limits_text(limits: Limits) -> str:
-    short = {"requests_per_minute": "rpm", "tokens_per_minute": "tpm"}
     parts = []
     for field in LIMIT_COLUMNS:
         value = getattr(limits, field)
@@ -152,7 +147,7 @@ def _limits_text(limits: Limits) -> str:
         if field == "download_bytes_per_day":
             parts.append(f"download={_size(value)}/day")
         else:
-            parts.append(f"{short.get(field, field)}={value}")
+            parts.append(f"{LIMIT_SHORT[field]}={value}")
     return " ".join(parts) or "-"
 
 
@@ -186,7 +181,7 @@ def _print_usage(summary: list[dict[str, Any]]) -> None:
 
 
 # -- commands ----------------------------------------------------------------------------
-def cmd_create(store: KeyStore, args: argparse.Namespace, now: float) -> int:
+def cmd_create(store: Accounts, args: argparse.Namespace, now: float) -> int:
     record, full_key = store.create_key(
         args.name,
         scopes=args.scopes or ["infer"],
@@ -202,7 +197,7 @@ def cmd_create(store: KeyStore, args: argparse.Namespace, now: float) -> int:
     return 0
 
 
-def cmd_list(store: KeyStore, args: argparse.Namespace, now: float) -> int:
+def cmd_list(store: Accounts, args: argparse.Namespace, now: float) -> int:
     headers = ["ID", "NAME", "SCOPES", "MODELS", "LIMITS", "CREATED", "EXPIRES", "REVOKED"]
     rows = [
         [
@@ -221,7 +216,7 @@ def cmd_list(store: KeyStore, args: argparse.Namespace, now: float) -> int:
     return 0
 
 
-def cmd_show(store: KeyStore, args: argparse.Namespace, now: float) -> int:
+def cmd_show(store: Accounts, args: argparse.Namespace, now: float) -> int:
     record = store.get(args.id)
     if record is None:
         raise KeyError(args.id)
@@ -235,7 +230,7 @@ def cmd_show(store: KeyStore, args: argparse.Namespace, now: float) -> int:
     return 0
 
 
-def cmd_update(store: KeyStore, args: argparse.Namespace, now: float) -> int:
+def cmd_update(store: Accounts, args: argparse.Namespace, now: float) -> int:
     changes: dict[str, Any] = {"limits": _limits(args)}
     if args.name is not None:
         changes["name"] = args.name
@@ -252,27 +247,27 @@ def cmd_update(store: KeyStore, args: argparse.Namespace, now: float) -> int:
     return 0
 
 
-def cmd_revoke(store: KeyStore, args: argparse.Namespace, now: float) -> int:
+def cmd_revoke(store: Accounts, args: argparse.Namespace, now: float) -> int:
     record = store.revoke(args.id, now)
     print(f"revoked key {record.id} ({record.name}) at {_when(record.revoked_at)}")
     return 0
 
 
-def cmd_usage(store: KeyStore, args: argparse.Namespace, now: float) -> int:
+def cmd_usage(store: Accounts, args: argparse.Namespace, now: float) -> int:
     since = None if args.since_days is None else now - args.since_days * DAY
     _print_usage(store.usage_summary(key_id=args.key, since=since))
     return 0
 
 
 def _runner(
-    command: Callable[[KeyStore, argparse.Namespace, float], int],
+    command: Callable[[Accounts, argparse.Namespace, float], int],
 ) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
             settings = load_settings(
                 getattr(args, "config", None), overrides={"data_dir": args.data_dir}
             )
-            with KeyStore(settings.data_path / "gateway.db") as store:
+            with SQLiteAccounts(settings.data_path / "gateway.db") as store:
                 return command(store, args, time.time())
         except KeyError as exc:
             print(f"gateway: no key with id {exc.args[0]}", file=sys.stderr)

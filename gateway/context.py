@@ -1,18 +1,18 @@
 """What the HTTP handlers share: settings, the model store, the registry, the
-counters, the key store, the downloader and the gateway's tokenizer pool."""
+accounts (counters, key store, usage ledger: ``accounts.interfaces``), the
+downloader and the gateway's tokenizer pool."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
+from accounts.interfaces import Counters, KeyStore, UsageLedger
 from engine.downloads import Downloader
 from engine.registry import Registry
 from engine.store import ModelSpec, ModelStore
 from gateway.auth import Authenticator
-from gateway.counters import UsageCounters
 from gateway.errors import InvalidRequest, ModelNotFound
-from gateway.keystore import KeyStore
 from gateway.settings import Settings
 from gateway.tokens import Tokenizers
 
@@ -27,8 +27,9 @@ class AppContext:
     store: ModelStore
     registry: Registry
     auth: Authenticator
-    counters: UsageCounters
+    counters: Counters
     keys: KeyStore | None
+    ledger: UsageLedger | None
     downloader: Downloader | None = None
     tokenizers: Tokenizers | None = None
 

@@ -17,11 +17,12 @@ import msgspec
 from litestar import Request, Response, get, patch, post
 from msgspec import Meta
 
+from accounts.interfaces import KeyStore, UsageLedger
+from accounts.keys import MAX_EXPIRY_DAYS, MAX_LIMIT
+from accounts.records import KeyRecord
 from gateway.auth import require_admin
 from gateway.context import AppContext
 from gateway.errors import GatewayError, InvalidRequest
-from gateway.keys import MAX_EXPIRY_DAYS, MAX_LIMIT
-from gateway.keystore import KeyRecord, KeyStore
 from gateway.responses import decode_body
 from policies.principal import SCOPES, Limits
 
@@ -88,6 +89,12 @@ def store_of(request: Request) -> KeyStore:
     return ctx.keys
 
 
+def ledger_of(request: Request) -> UsageLedger:
+    ctx: AppContext = request.app.state.ctx
+    assert ctx.ledger is not None
+    return ctx.ledger
+
+
 def check_scopes(scopes: list[str]) -> None:
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown:
@@ -134,7 +141,8 @@ async def show_key(request: Request, key_id: str) -> dict[str, Any]:
     record = await asyncio.to_thread(store.get, key_id)
     if record is None:
         raise KeyNotFound("No such key.")
-    usage = await asyncio.to_thread(lambda: store.usage_summary(key_id=key_id))
+    ledger = ledger_of(request)
+    usage = await asyncio.to_thread(lambda: ledger.usage_summary(key_id=key_id))
     return {**msgspec.to_builtins(view(record)), "usage": usage}
 
 
@@ -165,6 +173,6 @@ async def usage(
     if since_days is not None and not (math.isfinite(since_days) and since_days > 0):
         raise InvalidRequest("since_days: must be a positive number of days.", param="since_days")
     since = time.time() - min(since_days, 100 * 365) * 86400 if since_days else None
-    store = store_of(request)
-    rows = await asyncio.to_thread(lambda: store.usage_summary(key_id=key, since=since))
+    ledger = ledger_of(request)
+    rows = await asyncio.to_thread(lambda: ledger.usage_summary(key_id=key, since=since))
     return {"data": rows}

@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from gateway.keystore import KeyStore
+from accounts.sqlite_store import SQLiteAccounts
 from policies.principal import Limits
 from tests.support.server import GatewayServer
 
@@ -73,7 +73,7 @@ def concurrently(count: int, call) -> list[httpx.Response]:
 
 
 def usage_of(server, key) -> dict:
-    with KeyStore(server.data_dir / "gateway.db") as store:
+    with SQLiteAccounts(server.data_dir / "gateway.db") as store:
         rows = store.usage_summary(key_id=key.split("-")[1])
     return {
         "requests": sum(r["requests"] for r in rows),

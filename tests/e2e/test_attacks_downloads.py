@@ -13,7 +13,7 @@ import time
 
 import httpx
 
-from gateway.keystore import KeyStore
+from accounts.sqlite_store import SQLiteAccounts
 from policies.principal import Limits
 from tests.support.downloads import (
     FULL,
@@ -28,12 +28,12 @@ OTHER = "mlx-community/other"
 
 
 def downloaded_by(server, key: str) -> int:
-    with KeyStore(server.data_dir / "gateway.db") as store:
+    with SQLiteAccounts(server.data_dir / "gateway.db") as store:
         return store.download_bytes_since(key.split("-")[1], 0)
 
 
 def usage_requests(server, key: str) -> int:
-    with KeyStore(server.data_dir / "gateway.db") as store:
+    with SQLiteAccounts(server.data_dir / "gateway.db") as store:
         rows = store.usage_summary(key_id=key.split("-")[1])
     return sum(r["requests"] for r in rows)
 

@@ -22,7 +22,7 @@ import httpx
 import jwt
 import pytest
 
-from gateway.keystore import KeyStore
+from accounts.sqlite_store import SQLiteAccounts
 from tests.support.local_hub import LocalHub
 from tests.support.server import REPO, GatewayServer, free_port
 
@@ -90,7 +90,7 @@ def test_jwt_with_claims_of_a_wrong_type_is_refused_and_charges_nothing(server, 
     error = assert_openai_error(response, 401)
     assert error["type"] == "authentication_error"
     assert error["message"] == "Invalid token claims."
-    with KeyStore(server.data_dir / "gateway.db") as store:
+    with SQLiteAccounts(server.data_dir / "gateway.db") as store:
         assert store.usage_summary(key_id="jwt:bad-bot") == []
 
 

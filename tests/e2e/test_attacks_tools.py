@@ -18,7 +18,7 @@ import jsonschema
 import openai
 import pytest
 
-from gateway.keystore import KeyStore
+from accounts.sqlite_store import SQLiteAccounts
 from policies.principal import Limits
 from tests.support.server import REPO, GatewayServer
 
@@ -85,7 +85,7 @@ def _post(server: GatewayServer, key: str, body: dict) -> httpx.Response:
 
 
 def _tokens_charged(server: GatewayServer, key: str) -> int:
-    with KeyStore(server.data_dir / "gateway.db") as store:
+    with SQLiteAccounts(server.data_dir / "gateway.db") as store:
         rows = store.usage_summary(key_id=key.split("-")[1])
     return sum(row["prompt_tokens"] + row["completion_tokens"] for row in rows)
 

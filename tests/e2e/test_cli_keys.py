@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.keys import parse_key
-from gateway.keystore import KeyStore
+from accounts.keys import parse_key
+from accounts.sqlite_store import SQLiteAccounts
 from tests.support.server import REPO
 
 
@@ -52,7 +52,7 @@ def test_create_prints_a_key_once_that_the_store_accepts(tmp_path):
         "30",
     )
     assert "cannot be shown again" in result.stdout
-    with KeyStore(tmp_path / "gateway.db") as store:
+    with SQLiteAccounts(tmp_path / "gateway.db") as store:
         record = store.authenticate(full_key, time.time())
         assert record is not None and record.id == key_id
         assert record.scopes == {"infer", "load"}
@@ -80,7 +80,7 @@ def test_update_limits_and_revoke(tmp_path):
         "--models", "m1", "--data-dir", str(tmp_path),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    with KeyStore(tmp_path / "gateway.db") as store:
+    with SQLiteAccounts(tmp_path / "gateway.db") as store:
         record = store.authenticate(full_key, time.time())
         assert record is not None
         assert record.limits.requests_per_minute is None
@@ -94,7 +94,7 @@ def test_update_limits_and_revoke(tmp_path):
 
     result = keys_cli("keys", "revoke", key_id, "--data-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    with KeyStore(tmp_path / "gateway.db") as store:
+    with SQLiteAccounts(tmp_path / "gateway.db") as store:
         assert store.authenticate(full_key, time.time()) is None
     shown = keys_cli("keys", "show", key_id, "--data-dir", str(tmp_path)).stdout
     assert "active:   no" in shown
@@ -151,7 +151,7 @@ def test_out_of_range_numbers_store_nothing_and_keys_list_still_works(tmp_path):
     listing = keys_cli("keys", "list", "--data-dir", str(tmp_path))
     assert listing.returncode == 0, listing.stderr
     assert "first" in listing.stdout and "huge" not in listing.stdout
-    with KeyStore(tmp_path / "gateway.db") as store:
+    with SQLiteAccounts(tmp_path / "gateway.db") as store:
         assert [r.name for r in store.list_keys()] == ["first"]
 
 

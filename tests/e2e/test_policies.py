@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.keystore import KeyStore
+from accounts.sqlite_store import SQLiteAccounts
 from policies.principal import Limits
 from tests.support.server import GatewayServer
 
@@ -40,7 +40,7 @@ def client(server: GatewayServer, key: str) -> openai.OpenAI:
 
 
 def usage_rows(server: GatewayServer, key_id: str) -> list[dict]:
-    with KeyStore(server.data_dir / "gateway.db") as store:
+    with SQLiteAccounts(server.data_dir / "gateway.db") as store:
         return store.usage_summary(key_id=key_id)
 
 

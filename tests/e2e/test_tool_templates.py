@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.keystore import KeyStore
+from accounts.sqlite_store import SQLiteAccounts
 from tests.support.server import REPO, GatewayServer
 
 WEATHER_CALL = [
@@ -243,7 +243,7 @@ def test_tools_on_a_model_without_tool_support_are_refused_before_it_loads(serve
         assert error["code"] == "tools_not_supported"
         assert "plain-cold" in error["message"]
     assert server.model("plain-cold")["state"] == "absent"  # never loaded
-    with KeyStore(server.data_dir / "gateway.db") as store:
+    with SQLiteAccounts(server.data_dir / "gateway.db") as store:
         rows = store.usage_summary(key_id=key.split("-")[1])
     assert sum(row.get("completion_tokens", 0) for row in rows) == 0
 

@@ -54,10 +54,10 @@ def create_key(
     models: tuple[str, ...] = ("*",),
     limits: Limits | None = None,
 ) -> str:
-    from gateway.keystore import KeyStore
+    from accounts.sqlite_store import SQLiteAccounts
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    with KeyStore(data_dir / "gateway.db") as store:
+    with SQLiteAccounts(data_dir / "gateway.db") as store:
         _, key = store.create_key(
             name, scopes=scopes, models=models, limits=limits or Limits(), now=time.time()
         )

@@ -1,4 +1,5 @@
-"""The one-way flow of STYLE.md: gateway -> policies, gateway -> engine, nothing back.
+"""The one-way flow of STYLE.md: gateway -> policies, gateway -> engine, gateway ->
+accounts (which may read policies' plain types), nothing back.
 
 Also: the gateway process never imports MLX (only worker processes do).
 """
@@ -14,8 +15,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 FORBIDDEN = {
-    "policies": {"gateway", "engine", "mlx", "mlx_lm"},
-    "engine": {"gateway", "policies"},
+    "policies": {"gateway", "engine", "accounts", "mlx", "mlx_lm"},
+    "engine": {"gateway", "policies", "accounts"},
+    # Keys, usage and counters: beside the others, may read policies' plain types only.
+    "accounts": {"gateway", "engine", "mlx", "mlx_lm"},
 }
 
 

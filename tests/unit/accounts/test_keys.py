@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from gateway.keys import hash_secret, new_key, parse_key, parse_quota, verify
+from accounts.keys import hash_secret, new_key, parse_key, verify
+from gateway.quotas import parse_quota
 from gateway.settings import SettingsError
 
 SECRET = "a" * 20 + "-_" + "B" * 21  # 43 URL-safe characters, with the separators in it

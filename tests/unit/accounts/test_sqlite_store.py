@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.keys import hash_secret, parse_key
-from gateway.keystore import MIGRATIONS, KeyStore, ensure_admin_key
-from gateway.sqlite_writer import SchemaError
+from accounts.keys import hash_secret, parse_key
+from accounts.sqlite_store import MIGRATIONS, SQLiteAccounts, ensure_admin_key
+from accounts.sqlite_writer import SchemaError
 from policies.principal import SCOPES, Limits, Principal
 
 REPO = Path(__file__).resolve().parents[3]
@@ -29,8 +29,8 @@ def db(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(db: Path) -> Iterator[KeyStore]:
-    with KeyStore(db) as store:
+def store(db: Path) -> Iterator[SQLiteAccounts]:
+    with SQLiteAccounts(db) as store:
         yield store
 
 
@@ -201,7 +201,7 @@ def test_usage_sums_by_window_and_summary_per_key_and_model(store):
 
 
 def test_downloads_and_loads_persist_across_reopening(db):
-    with KeyStore(db) as store:
+    with SQLiteAccounts(db) as store:
         record, full_key = store.create_key("a", now=T0)
         store.record_download(record.id, "org/model", 5 * 10**9, T0 - DAY - 1)
         store.record_download(record.id, "org/model", 3 * 10**9, T0 - 60)
@@ -209,7 +209,7 @@ def test_downloads_and_loads_persist_across_reopening(db):
         store.record_load(record.id, "m", T0 - 4000)
         store.record_load(record.id, "m", T0 - 100)
         store.record_load(record.id, "n", T0 - 50)
-    with KeyStore(db) as store:
+    with SQLiteAccounts(db) as store:
         assert store.authenticate(full_key, T0) == record
         assert store.download_bytes_since(record.id, T0 - DAY) == 4 * 10**9
         assert store.download_bytes_since(record.id, 0) == 9 * 10**9
@@ -241,7 +241,7 @@ def test_an_older_schema_is_migrated_and_its_data_kept(db):
     finally:
         conn.close()
 
-    with KeyStore(db) as store:
+    with SQLiteAccounts(db) as store:
         record = store.authenticate(f"gw-0123abcd-{secret}", T0)
         assert record is not None and record.limits.requests_per_minute == 7
         assert record.scopes == {"infer", "load"}
@@ -260,7 +260,7 @@ def test_an_older_schema_is_migrated_and_its_data_kept(db):
 
 
 def test_a_newer_schema_is_refused(db):
-    KeyStore(db).close()
+    SQLiteAccounts(db).close()
     conn = sqlite3.connect(db)
     try:
         with conn:
@@ -268,7 +268,7 @@ def test_a_newer_schema_is_refused(db):
     finally:
         conn.close()
     with pytest.raises(SchemaError, match="newer"):
-        KeyStore(db)
+        SQLiteAccounts(db)
 
 
 def test_concurrent_writers_from_many_threads_all_commit(store, db):
@@ -295,7 +295,7 @@ def test_concurrent_writers_from_many_threads_all_commit(store, db):
 
 
 def test_two_stores_on_one_file_like_the_cli_beside_the_server(db):
-    with KeyStore(db) as server, KeyStore(db) as cli:
+    with SQLiteAccounts(db) as server, SQLiteAccounts(db) as cli:
         record, full_key = cli.create_key("a", now=T0)
         assert server.authenticate(full_key, T0) == record
         server.record_usage(record.id, "m", "/r", 1, 1, 200, 1, T0)
@@ -335,7 +335,7 @@ def test_ensure_admin_key_skips_a_store_with_other_keys(store):
 
 
 def test_closed_store_refuses_work(db):
-    store = KeyStore(db)
+    store = SQLiteAccounts(db)
     store.close()
     store.close()  # idempotent
     with pytest.raises(RuntimeError):
@@ -370,11 +370,11 @@ async def test_async_usage_is_committed_when_the_await_returns(store, db):
 OPEN_AND_WRITE = """
 import sys, time
 from pathlib import Path
-from gateway.keystore import KeyStore, ensure_admin_key
+from accounts.sqlite_store import SQLiteAccounts, ensure_admin_key
 start = float(sys.argv[2])
 while time.time() < start:
     pass
-with KeyStore(Path(sys.argv[1])) as store:
+with SQLiteAccounts(Path(sys.argv[1])) as store:
     print("admin" if ensure_admin_key(store, 1.0) else "none")
     for i in range(20):
         store.record_usage("k", "m", "/r", 1, 0, 200, 1, 1.0)
@@ -398,6 +398,6 @@ def test_processes_opening_a_new_file_at_once_make_one_schema_and_one_admin(db):
     outputs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, [err for _, err in outputs]
     assert sorted(out.strip() for out, _ in outputs) == ["admin"] + ["none"] * 5
-    with KeyStore(db) as store:
+    with SQLiteAccounts(db) as store:
         assert store.count_keys() == 1
         assert store.tokens_since("k", 0) == 6 * 20
