@@ -42,6 +42,13 @@ class KeyStore(Protocol):
         """A new key: its record and the full secret (shown once, never stored)."""
         ...
 
+    def create_first_key(
+        self, name: str, scopes: Iterable[str], models: Iterable[str], limits: Limits, now: float
+    ) -> tuple[KeyRecord, str] | None:
+        """A key, only if the store holds none at all (check and insert atomic, so two
+        gateways starting at once cannot both create one); else ``None``."""
+        ...
+
     def authenticate(self, presented: str, now: float) -> KeyRecord | None:
         """The live key ``presented`` names (not revoked, not expired), else ``None``."""
         ...
@@ -125,4 +132,8 @@ class Counters(Protocol):
 
 class Accounts(KeyStore, UsageLedger, Protocol):
     """One store that holds both the keys and the ledger (SQLite, PostgreSQL): what the
-    CLI opens."""
+    CLI opens, and closes with ``with``."""
+
+    def __enter__(self) -> Accounts: ...
+
+    def __exit__(self, *exc: object) -> None: ...

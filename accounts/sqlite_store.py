@@ -15,6 +15,7 @@ from pathlib import Path
 from types import EllipsisType
 from typing import Any, TypeVar
 
+from accounts.interfaces import KeyStore
 from accounts.keys import hash_secret, new_key, parse_key, verify
 from accounts.limits import LIMIT_COLUMNS
 from accounts.records import (
@@ -142,6 +143,12 @@ class SQLiteAccounts:
         created = self._create(name, scopes, models, limits, expires_at, now, only_if_empty=False)
         assert created is not None
         return created
+
+    def create_first_key(
+        self, name: str, scopes: Iterable[str], models: Iterable[str], limits: Limits, now: float
+    ) -> tuple[KeyRecord, str] | None:
+        """A key, only if the store holds none (one write transaction); else ``None``."""
+        return self._create(name, scopes, models, limits, None, now, only_if_empty=True)
 
     def _create(
         self,
@@ -369,13 +376,13 @@ class SQLiteAccounts:
         return [dict(row) for row in rows]
 
 
-def ensure_admin_key(store: SQLiteAccounts, now: float) -> str | None:
+def ensure_admin_key(store: KeyStore, now: float) -> str | None:
     """On a store with no keys at all, create key "admin" (every scope, every model).
 
     Returns its full key, to be shown once, or ``None`` when the store already has keys.
     Check and insert are one transaction, so two processes cannot both create one.
     """
-    created = store._create("admin", SCOPES, ("*",), Limits(), None, now, only_if_empty=True)
+    created = store.create_first_key("admin", SCOPES, ("*",), Limits(), now)
     return None if created is None else created[1]
 
 

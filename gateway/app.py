@@ -12,7 +12,6 @@ from litestar import Litestar
 from litestar.middleware import DefineMiddleware
 
 from accounts.memory_counters import MemoryCounters
-from accounts.sqlite_store import SQLiteAccounts
 from engine.downloads import DownloadJob
 from engine.memory import physical_memory
 from engine.registry import Registry, RegistryConfig
@@ -38,6 +37,7 @@ from gateway.routes import (
 )
 from gateway.routes import metrics as metrics_route
 from gateway.settings import Settings, memory_budget_bytes, queue_per_key
+from gateway.stores import open_accounts
 from gateway.tokens import Tokenizers
 from policies.principal import Principal
 
@@ -67,15 +67,10 @@ def registry_config(settings: Settings) -> RegistryConfig:
     )
 
 
-def open_key_store(settings: Settings) -> SQLiteAccounts:
-    settings.data_path.mkdir(parents=True, exist_ok=True)
-    return SQLiteAccounts(settings.data_path / "gateway.db")
-
-
 def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
     store = store if store is not None else build_store(settings)
     registry = Registry(store, registry_config(settings), events=MetricEvents())
-    key_store = open_key_store(settings)
+    key_store = open_accounts(settings)
 
     def lookup(credential: str, now: float) -> Principal | None:
         record = key_store.authenticate(credential, now)

@@ -49,7 +49,7 @@ def announce_auth(settings: Settings) -> None:
     import time
 
     from accounts.sqlite_store import ensure_admin_key
-    from gateway.app import open_key_store
+    from gateway.stores import open_accounts
 
     if not settings.auth.enabled:
         banner = "!" * 78
@@ -61,7 +61,7 @@ def announce_auth(settings: Settings) -> None:
             flush=True,
         )
         return
-    with open_key_store(settings) as keys:
+    with open_accounts(settings) as keys:
         key = ensure_admin_key(keys, time.time())
     if key is not None:
         print(

@@ -19,10 +19,10 @@ from accounts.interfaces import Accounts
 from accounts.keys import MAX_EXPIRY_DAYS, MAX_LIMIT, check_expiry_days
 from accounts.limits import LIMIT_COLUMNS, LIMIT_FLAGS, LIMIT_SHORT
 from accounts.records import KeyRecord
-from accounts.sqlite_store import SQLiteAccounts
 from accounts.sqlite_writer import SchemaError
 from gateway.quotas import parse_quota
 from gateway.settings import load_settings
+from gateway.stores import open_accounts
 from policies.principal import SCOPES, Limits
 
 DAY = 86400.0
@@ -267,7 +267,7 @@ def _runner(
             settings = load_settings(
                 getattr(args, "config", None), overrides={"data_dir": args.data_dir}
             )
-            with SQLiteAccounts(settings.data_path / "gateway.db") as store:
+            with open_accounts(settings) as store:
                 return command(store, args, time.time())
         except KeyError as exc:
             print(f"gateway: no key with id {exc.args[0]}", file=sys.stderr)
