@@ -95,7 +95,7 @@ def sampling_params(options: Options | None, limits: EngineSettings) -> Sampling
     else:
         max_tokens = min(o.num_predict, limits.max_tokens_limit)
     last_n = DEFAULT_REPEAT_LAST_N if o.repeat_last_n is None else o.repeat_last_n
-    if last_n < 0:  # -1: the whole context (the pipeline clamps to the model's)
+    if last_n < 0:  # -1: all of them (the penalty sees generated tokens, at most this many)
         last_n = limits.max_tokens_limit
     return SamplingParams(
         max_tokens=max_tokens,
