@@ -12,10 +12,9 @@ them is the wiring's choice (``gateway.app``):
                   concurrency slots and the admission pipeline's token reservations
                                                             in memory (embedded default)
 
-A store for several gateways (PostgreSQL for keys and the ledger:
-``accounts.postgres_store``; Redis for the counters) implements the same
-protocols.  Nothing here imports ``gateway`` or ``engine``; the plain types come
-from ``policies``.
+A store for several gateways (PostgreSQL for keys and the ledger, Redis for the
+counters) implements the same protocols.  Nothing here imports ``gateway`` or
+``engine``; the plain types come from ``policies``.
 """
 
 from __future__ import annotations
@@ -41,20 +40,6 @@ class KeyStore(Protocol):
         expires_at: float | None = ...,
     ) -> tuple[KeyRecord, str]:
         """A new key: its record and the full secret (shown once, never stored)."""
-        ...
-
-    def create_first_key(
-        self,
-        name: str,
-        *,
-        scopes: Iterable[str] = ...,
-        models: Iterable[str] = ...,
-        limits: Limits | None = ...,
-        now: float,
-    ) -> tuple[KeyRecord, str] | None:
-        """``create_key`` only if the store holds no key at all (revoked ones count), else
-        ``None``: checked and inserted atomically, so of racing callers (several gateways
-        starting at once) exactly one creates it."""
         ...
 
     def create_first_key(

@@ -16,12 +16,18 @@ from types import EllipsisType
 from typing import Any, TypeVar
 
 from accounts.interfaces import KeyStore
-from accounts.admin_key import ensure_admin_key
-from accounts.keys import new_key, parse_key
+from accounts.keys import hash_secret, new_key, parse_key, verify
 from accounts.limits import LIMIT_COLUMNS
-from accounts.records import KeyRecord, authenticated, key_changes, new_key_columns, record_of
+from accounts.records import (
+    KeyRecord,
+    check_expiry,
+    check_limits,
+    check_models,
+    check_scopes,
+    record_of,
+)
 from accounts.sqlite_writer import ReadPool, SQLiteWriter
-from policies.principal import Limits
+from policies.principal import SCOPES, Limits
 
 T = TypeVar("T")
 
@@ -75,6 +81,9 @@ MIGRATIONS: list[str] = [
     CREATE INDEX loads_key_at ON loads (key_id, at);
     """,
 ]
+
+_DUMMY_HASH = hash_secret("")  # compared against when the id is unknown, to take the same time
+
 
 def _fetch(conn: sqlite3.Connection, key_id: str) -> KeyRecord:
     row = conn.execute("SELECT * FROM keys WHERE id = ?", (key_id,)).fetchone()
@@ -136,19 +145,6 @@ class SQLiteAccounts:
         return created
 
     def create_first_key(
-        self,
-        name: str,
-        *,
-        scopes: Iterable[str] = ("infer",),
-        models: Iterable[str] = ("*",),
-        limits: Limits | None = None,
-        now: float,
-    ) -> tuple[KeyRecord, str] | None:
-        """``create_key`` only if the store holds no key at all (revoked ones count), else
-        ``None``; check and insert are one write transaction, so only one caller wins."""
-        return self._create(name, scopes, models, limits or Limits(), None, now, only_if_empty=True)
-
-    def create_first_key(
         self, name: str, scopes: Iterable[str], models: Iterable[str], limits: Limits, now: float
     ) -> tuple[KeyRecord, str] | None:
         """A key, only if the store holds none (one write transaction); else ``None``."""
@@ -165,8 +161,11 @@ class SQLiteAccounts:
         *,
         only_if_empty: bool,
     ) -> tuple[KeyRecord, str] | None:
-        values = new_key_columns(name, scopes, models, limits, expires_at)
-        columns = ", ".join(values)
+        if not name.strip():
+            raise ValueError("name: must not be empty")
+        row = [name, check_scopes(scopes), check_models(models), *check_limits(limits)]
+        expires_at = check_expiry(expires_at)
+        columns = ", ".join(["name", "scopes", "models", *LIMIT_COLUMNS.values()])
 
         def insert(conn: sqlite3.Connection) -> tuple[KeyRecord, str] | None:
             if only_if_empty and conn.execute("SELECT 1 FROM keys LIMIT 1").fetchone():
@@ -175,9 +174,9 @@ class SQLiteAccounts:
                 key_id, full_key, secret_hash = new_key()
                 try:
                     conn.execute(
-                        f"INSERT INTO keys (id, secret_hash, created_at, {columns})"
-                        f" VALUES (?, ?, ?{', ?' * len(values)})",
-                        (key_id, secret_hash, now, *values.values()),
+                        f"INSERT INTO keys (id, secret_hash, created_at, expires_at, {columns})"
+                        f" VALUES (?, ?, ?, ?{', ?' * len(row)})",
+                        (key_id, secret_hash, now, expires_at, *row),
                     )
                 except sqlite3.IntegrityError:  # an id already taken: draw again
                     continue
@@ -194,7 +193,11 @@ class SQLiteAccounts:
         row = self._reads.read(
             lambda conn: conn.execute("SELECT * FROM keys WHERE id = ?", (key_id,)).fetchone()
         )
-        return authenticated(row, secret, now)
+        matches = verify(secret, row["secret_hash"] if row is not None else _DUMMY_HASH)
+        if row is None or not matches:
+            return None
+        record = record_of(row)
+        return record if record.active(now) else None
 
     async def aauthenticate(self, presented: str, now: float) -> KeyRecord | None:
         return await asyncio.to_thread(self.authenticate, presented, now)
@@ -228,9 +231,23 @@ class SQLiteAccounts:
 
         ``expires_at=None`` removes the expiry; leave it out to keep it.  Unknown key: KeyError.
         """
-        changes = key_changes(
-            name=name, scopes=scopes, models=models, limits=limits, expires_at=expires_at
-        )
+        changes: dict[str, Any] = {}
+        if name is not None:
+            if not name.strip():
+                raise ValueError("name: must not be empty")
+            changes["name"] = name
+        if scopes is not None:
+            changes["scopes"] = check_scopes(scopes)
+        if models is not None:
+            changes["models"] = check_models(models)
+        if expires_at is not ...:
+            changes["expires_at"] = check_expiry(expires_at)
+        if limits:
+            unknown = set(limits) - set(LIMIT_COLUMNS)
+            if unknown:
+                raise ValueError(f"limits: unknown {sorted(unknown)}; known: {list(LIMIT_COLUMNS)}")
+            check_limits(Limits(**limits))
+            changes.update({LIMIT_COLUMNS[field]: value for field, value in limits.items()})
 
         def apply(conn: sqlite3.Connection) -> KeyRecord:
             _fetch(conn, key_id)  # KeyError when unknown
@@ -357,6 +374,16 @@ class SQLiteAccounts:
         )
         rows = self._reads.read(lambda conn: conn.execute(sql, params).fetchall())
         return [dict(row) for row in rows]
+
+
+def ensure_admin_key(store: KeyStore, now: float) -> str | None:
+    """On a store with no keys at all, create key "admin" (every scope, every model).
+
+    Returns its full key, to be shown once, or ``None`` when the store already has keys.
+    Check and insert are one transaction, so two processes cannot both create one.
+    """
+    created = store.create_first_key("admin", SCOPES, ("*",), Limits(), now)
+    return None if created is None else created[1]
 
 
 __all__ = ["LIMIT_COLUMNS", "MIGRATIONS", "KeyRecord", "SQLiteAccounts", "ensure_admin_key"]
