@@ -12,9 +12,10 @@ them is the wiring's choice (``gateway.app``):
                   concurrency slots and the admission pipeline's token reservations
                                                             in memory (embedded default)
 
-A store for several gateways (PostgreSQL for keys and the ledger, Redis for the
-counters) implements the same protocols.  Nothing here imports ``gateway`` or
-``engine``; the plain types come from ``policies``.
+A store for several gateways (PostgreSQL for keys and the ledger:
+``accounts.postgres_store``; Redis for the counters) implements the same
+protocols.  Nothing here imports ``gateway`` or ``engine``; the plain types come
+from ``policies``.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ class KeyStore(Protocol):
     def create_first_key(
         self, name: str, scopes: Iterable[str], models: Iterable[str], limits: Limits, now: float
     ) -> tuple[KeyRecord, str] | None:
-        """A key, only if the store holds none at all (check and insert atomic, so two
-        gateways starting at once cannot both create one); else ``None``."""
+        """A key, only if the store holds none at all, revoked ones included (check and
+        insert atomic, so two gateways starting at once cannot both create one); else
+        ``None``."""
         ...
 
     def authenticate(self, presented: str, now: float) -> KeyRecord | None:

@@ -15,19 +15,12 @@ from pathlib import Path
 from types import EllipsisType
 from typing import Any, TypeVar
 
-from accounts.interfaces import KeyStore
-from accounts.keys import hash_secret, new_key, parse_key, verify
+from accounts.admin_key import ensure_admin_key
+from accounts.keys import new_key, parse_key
 from accounts.limits import LIMIT_COLUMNS
-from accounts.records import (
-    KeyRecord,
-    check_expiry,
-    check_limits,
-    check_models,
-    check_scopes,
-    record_of,
-)
+from accounts.records import KeyRecord, authenticated, key_changes, new_key_columns, record_of
 from accounts.sqlite_writer import ReadPool, SQLiteWriter
-from policies.principal import SCOPES, Limits
+from policies.principal import Limits
 
 T = TypeVar("T")
 
@@ -81,8 +74,6 @@ MIGRATIONS: list[str] = [
     CREATE INDEX loads_key_at ON loads (key_id, at);
     """,
 ]
-
-_DUMMY_HASH = hash_secret("")  # compared against when the id is unknown, to take the same time
 
 
 def _fetch(conn: sqlite3.Connection, key_id: str) -> KeyRecord:
@@ -161,11 +152,8 @@ class SQLiteAccounts:
         *,
         only_if_empty: bool,
     ) -> tuple[KeyRecord, str] | None:
-        if not name.strip():
-            raise ValueError("name: must not be empty")
-        row = [name, check_scopes(scopes), check_models(models), *check_limits(limits)]
-        expires_at = check_expiry(expires_at)
-        columns = ", ".join(["name", "scopes", "models", *LIMIT_COLUMNS.values()])
+        values = new_key_columns(name, scopes, models, limits, expires_at)
+        columns = ", ".join(values)
 
         def insert(conn: sqlite3.Connection) -> tuple[KeyRecord, str] | None:
             if only_if_empty and conn.execute("SELECT 1 FROM keys LIMIT 1").fetchone():
@@ -174,9 +162,9 @@ class SQLiteAccounts:
                 key_id, full_key, secret_hash = new_key()
                 try:
                     conn.execute(
-                        f"INSERT INTO keys (id, secret_hash, created_at, expires_at, {columns})"
-                        f" VALUES (?, ?, ?, ?{', ?' * len(row)})",
-                        (key_id, secret_hash, now, expires_at, *row),
+                        f"INSERT INTO keys (id, secret_hash, created_at, {columns})"
+                        f" VALUES (?, ?, ?{', ?' * len(values)})",
+                        (key_id, secret_hash, now, *values.values()),
                     )
                 except sqlite3.IntegrityError:  # an id already taken: draw again
                     continue
@@ -193,11 +181,7 @@ class SQLiteAccounts:
         row = self._reads.read(
             lambda conn: conn.execute("SELECT * FROM keys WHERE id = ?", (key_id,)).fetchone()
         )
-        matches = verify(secret, row["secret_hash"] if row is not None else _DUMMY_HASH)
-        if row is None or not matches:
-            return None
-        record = record_of(row)
-        return record if record.active(now) else None
+        return authenticated(row, secret, now)
 
     async def aauthenticate(self, presented: str, now: float) -> KeyRecord | None:
         return await asyncio.to_thread(self.authenticate, presented, now)
@@ -231,23 +215,9 @@ class SQLiteAccounts:
 
         ``expires_at=None`` removes the expiry; leave it out to keep it.  Unknown key: KeyError.
         """
-        changes: dict[str, Any] = {}
-        if name is not None:
-            if not name.strip():
-                raise ValueError("name: must not be empty")
-            changes["name"] = name
-        if scopes is not None:
-            changes["scopes"] = check_scopes(scopes)
-        if models is not None:
-            changes["models"] = check_models(models)
-        if expires_at is not ...:
-            changes["expires_at"] = check_expiry(expires_at)
-        if limits:
-            unknown = set(limits) - set(LIMIT_COLUMNS)
-            if unknown:
-                raise ValueError(f"limits: unknown {sorted(unknown)}; known: {list(LIMIT_COLUMNS)}")
-            check_limits(Limits(**limits))
-            changes.update({LIMIT_COLUMNS[field]: value for field, value in limits.items()})
+        changes = key_changes(
+            name=name, scopes=scopes, models=models, limits=limits, expires_at=expires_at
+        )
 
         def apply(conn: sqlite3.Connection) -> KeyRecord:
             _fetch(conn, key_id)  # KeyError when unknown
@@ -374,16 +344,6 @@ class SQLiteAccounts:
         )
         rows = self._reads.read(lambda conn: conn.execute(sql, params).fetchall())
         return [dict(row) for row in rows]
-
-
-def ensure_admin_key(store: KeyStore, now: float) -> str | None:
-    """On a store with no keys at all, create key "admin" (every scope, every model).
-
-    Returns its full key, to be shown once, or ``None`` when the store already has keys.
-    Check and insert are one transaction, so two processes cannot both create one.
-    """
-    created = store.create_first_key("admin", SCOPES, ("*",), Limits(), now)
-    return None if created is None else created[1]
 
 
 __all__ = ["LIMIT_COLUMNS", "MIGRATIONS", "KeyRecord", "SQLiteAccounts", "ensure_admin_key"]
