@@ -74,6 +74,10 @@ class KeyStore(Protocol):
 
     def revoke(self, key_id: str, now: float) -> KeyRecord: ...
 
+    def unavailable(self) -> str | None:
+        """Why the store cannot be used now (for ``/ready``), else ``None``."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -108,7 +112,10 @@ class UsageLedger(Protocol):
 
 
 class TokenHold(Protocol):
-    """Tokens held for one request: reserved at admission, settled once at its end."""
+    """Tokens held for one request: reserved at admission, settled once at its end
+    (the first call counts; never raises)."""
+
+    key_id: str
 
     def settle(self, real: int) -> None: ...
 
@@ -118,18 +125,32 @@ class Counters(Protocol):
         """The key's usage as the policies read it (reservations included)."""
         ...
 
-    def admit(self, key_id: str, now: float, *, load: bool, tokens: int = 0) -> TokenHold:
-        """Count an admitted request, take its concurrency slot and reserve ``tokens``
-        (one synchronous step with the ``snapshot`` it was decided on)."""
+    def admit(
+        self, key_id: str, now: float, *, load: bool, tokens: int = 0, limits: Limits | None = None
+    ) -> TokenHold:
+        """Count an admitted request, take its concurrency slot and reserve ``tokens``.
+
+        In one process this is one synchronous step with the ``snapshot`` it was
+        decided on, so nothing can come in between.  A store shared by several
+        gateways checks ``limits`` again in the same atomic step as the count (the
+        per-minute rates, concurrency, tokens per day, and loads per hour when
+        ``load``), and raises ``accounts.errors.LimitRaced``, counting nothing, when
+        another gateway's admission made one of them no longer hold."""
         ...
 
-    def finish(self, key_id: str) -> None:
-        """Give back the concurrency slot of one of the key's requests."""
+    def finish(self, hold: TokenHold) -> None:
+        """Give back the concurrency slot ``admit`` took with ``hold`` (the first call
+        counts; never raises: a shared store that cannot be reached lets the slot's
+        lease run out instead)."""
         ...
 
     def charge_download(self, key_id: str, nbytes: int, now: float) -> None: ...
 
-    def in_flight(self, key_id: str) -> int: ...
+    def unavailable(self) -> str | None:
+        """Why the counters cannot be used now (for ``/ready``), else ``None``."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class Accounts(KeyStore, UsageLedger, Protocol):

@@ -20,6 +20,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from accounts import interfaces
+from policies.principal import Limits
 from policies.usage import UsageSnapshot
 
 DAY = 86400.0
@@ -38,6 +40,7 @@ class TokenHold:
     at: float
     amount: int
     settled: bool = False
+    finished: bool = False
 
     def settle(self, real: int) -> None:
         """Replace the reservation by the ``real`` count (idempotent: first call wins)."""
@@ -103,9 +106,12 @@ class MemoryCounters:
             download_bytes_today=c.download_bytes_today,
         )
 
-    def admit(self, key_id: str, now: float, *, load: bool, tokens: int = 0) -> TokenHold:
+    def admit(
+        self, key_id: str, now: float, *, load: bool, tokens: int = 0, limits: Limits | None = None
+    ) -> TokenHold:
         """Count a request that policy allowed: it starts now, holds a slot and reserves
-        ``tokens`` until its hold is settled."""
+        ``tokens`` until its hold is settled.  ``limits`` is not checked again: in one
+        process nothing runs between the snapshot the policies read and this count."""
         c = self._get(key_id, now)
         c.requests.append(now)
         c.concurrent += 1
@@ -129,15 +135,21 @@ class MemoryCounters:
         c.tokens_today = max(0, c.tokens_today + real - hold.amount)
         hold.amount = real
 
-    def finish(self, key_id: str) -> None:
-        """Release the request's concurrency slot (every exit path calls this once)."""
-        c = self._keys.get(key_id)
+    def finish(self, hold: interfaces.TokenHold) -> None:
+        """Release the concurrency slot ``admit`` took with ``hold`` (first call counts)."""
+        assert isinstance(hold, TokenHold), "a hold of these counters"
+        if hold.finished:
+            return
+        hold.finished = True
+        c = self._keys.get(hold.key_id)
         if c is not None and c.concurrent > 0:
             c.concurrent -= 1
 
     def charge_download(self, key_id: str, nbytes: int, now: float) -> None:
         self._get(key_id, now).download_bytes_today += nbytes
 
-    def in_flight(self, key_id: str) -> int:
-        c = self._keys.get(key_id)
-        return c.concurrent if c else 0
+    def unavailable(self) -> str | None:
+        return None
+
+    def close(self) -> None:
+        """Nothing to close (the counters live and die with the process)."""

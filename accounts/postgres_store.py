@@ -9,23 +9,31 @@ write is one explicit transaction, committed when the call returns.  The sync AP
 serves the CLI; the ``a``-prefixed coroutines run it on a worker thread for the
 server.  Opening brings the schema up to date (``MIGRATIONS``) in one transaction
 that holds an advisory lock, so gateways starting together migrate it once; a
-schema newer than this program is refused (``SchemaError``).  An unreachable
-server surfaces as ``psycopg.OperationalError`` (``psycopg_pool.PoolTimeout``
-after ``timeout`` seconds), which callers treat as "fail closed".
+schema newer than this program is refused (``SchemaError``).
+
+An unreachable server (``psycopg.OperationalError``, ``psycopg_pool.PoolTimeout``
+after ``timeout`` seconds) surfaces as ``accounts.errors.StoreUnavailable``, which
+the gateway answers with 503 (fail closed).  For ``FAIL_FAST_S`` after a failure,
+calls raise it at once instead of each waiting ``timeout`` again; the next call
+after that tries the server again, so service resumes by itself when it is back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import EllipsisType
 from typing import Any, TypeVar
 
+import psycopg
 from psycopg import Connection
 from psycopg.rows import DictRow, dict_row
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
+from accounts.errors import StoreUnavailable
 from accounts.keys import new_key, parse_key
 from accounts.records import KeyRecord, authenticated, key_changes, new_key_columns, record_of
 from accounts.sqlite_writer import SchemaError
@@ -33,6 +41,8 @@ from policies.principal import Limits
 
 T = TypeVar("T")
 Conn = Connection[DictRow]
+STORE = "keys and usage (PostgreSQL)"
+FAIL_FAST_S = 1.0
 
 # Append only: a database at version N gets MIGRATIONS[N:] applied when opened.  SQLite's
 # columns (times: double precision seconds; integers: 64-bit); ids, models sort bytewise.
@@ -122,6 +132,9 @@ class PostgresAccounts:
         self, url: str, *, min_size: int = 1, max_size: int = 8, timeout: float = 10.0
     ) -> None:
         self._closed = False
+        self._timeout = timeout
+        self._down: tuple[float, str] | None = None  # (since, why), monotonic
+        self._down_lock = threading.Lock()
         self._pool: ConnectionPool[Conn] = ConnectionPool(
             url,
             connection_class=Connection[DictRow],
@@ -137,9 +150,11 @@ class PostgresAccounts:
             self._pool.open(wait=True, timeout=timeout)
             with self._pool.connection() as conn:
                 migrate(conn, MIGRATIONS)
-        except BaseException:
+        except BaseException as exc:
             self._pool.close()
             self._closed = True
+            if isinstance(exc, psycopg.OperationalError):
+                raise StoreUnavailable(STORE, _reason(exc)) from exc
             raise
 
     def close(self) -> None:
@@ -157,8 +172,28 @@ class PostgresAccounts:
     def _connection(self) -> Iterator[Conn]:
         if self._closed:
             raise RuntimeError("the database is closed")
-        with self._pool.connection() as conn:
-            yield conn
+        down = self._down
+        if down is not None and time.monotonic() - down[0] < FAIL_FAST_S:
+            raise StoreUnavailable(STORE, down[1])
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except psycopg.OperationalError as exc:
+            why = _reason(exc)
+            with self._down_lock:
+                self._down = (time.monotonic(), why)
+            raise StoreUnavailable(STORE, why) from exc
+        with self._down_lock:
+            self._down = None
+
+    def unavailable(self) -> str | None:
+        """Why the database cannot be used now (a failure in the last second, or a
+        ``SELECT 1`` that fails), else ``None``."""
+        try:
+            self._rows("SELECT 1")
+        except StoreUnavailable as exc:
+            return str(exc)
+        return None
 
     def _write(self, fn: Callable[[Conn], T]) -> T:
         """``fn(conn)`` in one transaction; committed when this returns."""
@@ -397,3 +432,13 @@ class PostgresAccounts:
 
 
 __all__ = ["MIGRATIONS", "PostgresAccounts", "SchemaError", "migrate"]
+
+
+def _reason(exc: psycopg.OperationalError) -> str:
+    """A short reason without the server's address or credentials."""
+    if isinstance(exc, PoolTimeout):
+        return "no connection to the database within the timeout"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "password" in first or "@" in first or "connection to server" in first:
+        return "the database is unreachable"
+    return f"the database failed: {first[:160]}"

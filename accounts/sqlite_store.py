@@ -91,6 +91,10 @@ class SQLiteAccounts:
         self._writer = SQLiteWriter(self.path, MIGRATIONS)
         self._reads = ReadPool(self.path)
 
+    def unavailable(self) -> str | None:
+        """Always usable: the file is local (its errors are the disk's, not a network's)."""
+        return None
+
     def close(self) -> None:
         self._writer.close()
         self._reads.close()

@@ -21,9 +21,11 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from accounts.errors import LimitRaced
 from accounts.interfaces import TokenHold
 from engine.registry import ModelState
 from gateway.context import AppContext
+from gateway.errors import RateLimited
 from gateway.http_errors import from_denial
 from gateway.observe import record_response
 from policies.decision import Deny
@@ -34,6 +36,8 @@ from policies.reservations import affordable_max_tokens
 from policies.resources import ModelResources
 
 log = logging.getLogger("gateway.admission")
+ADMIT_TRIES = 4
+"""Decisions per request when shared counters keep reporting a race (then 429)."""
 _background: set[asyncio.Task[Any]] = set()
 
 
@@ -68,9 +72,10 @@ class Admission:
         """Give back the concurrency slot, and whatever of the reservation is unused."""
         if not self.released:
             self.released = True
-            self.ctx.counters.finish(self.principal.key_id)
-            if self.hold is not None and not self.recorded:
-                self.hold.settle(0)
+            if self.hold is not None:
+                self.ctx.counters.finish(self.hold)
+                if not self.recorded:
+                    self.hold.settle(0)
 
     def _charge(self, prompt_tokens: int, completion_tokens: int) -> None:
         self.recorded = True
@@ -138,21 +143,34 @@ def decide(
     lowered to what the key's token limits afford.  ``dry_run`` only raises the
     denial, counting nothing (a pre-check before any I/O).
     """
-    now = time.time()
     counters = ctx.counters
-    usage = counters.snapshot(principal.key_id, now)
-    ceiling = affordable_max_tokens(principal.limits, usage, prompt_tokens, max_tokens, n)
-    requested = prompt_tokens + ceiling * n
-    typical = ctx.registry.typical_request_seconds()
-    request = PolicyRequest(resources.model_id, requested, typical)
-    decision = evaluate(principal, request, usage, resources, now)
-    headers = ratelimit_headers(principal.limits, usage, now, requested)
-    if isinstance(decision, Deny):
-        raise from_denial(decision, headers)
-    if dry_run:
-        return None
     will_load = not resources.loaded
-    hold = counters.admit(principal.key_id, now, load=will_load, tokens=requested)
+    for _ in range(ADMIT_TRIES):
+        now = time.time()
+        usage = counters.snapshot(principal.key_id, now)
+        ceiling = affordable_max_tokens(principal.limits, usage, prompt_tokens, max_tokens, n)
+        requested = prompt_tokens + ceiling * n
+        typical = ctx.registry.typical_request_seconds()
+        request = PolicyRequest(resources.model_id, requested, typical)
+        decision = evaluate(principal, request, usage, resources, now)
+        headers = ratelimit_headers(principal.limits, usage, now, requested)
+        if isinstance(decision, Deny):
+            raise from_denial(decision, headers)
+        if dry_run:
+            return None
+        try:
+            hold = counters.admit(
+                principal.key_id, now, load=will_load, tokens=requested, limits=principal.limits
+            )
+            break
+        except LimitRaced:
+            continue  # another gateway counted one of this key's requests: decide again
+    else:
+        raise RateLimited(
+            "Too many of this key's requests arrived at once on several gateways; retry.",
+            code="rate_limit_exceeded",
+            retry_after=1,
+        )
     if will_load and ctx.ledger is not None:
         background(ctx.ledger.arecord_load(principal.key_id, resources.model_id, now))
     return Admission(ctx, principal, resources.model_id, route, hold, ceiling)

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from litestar import Litestar
 from litestar.middleware import DefineMiddleware
 
-from accounts.memory_counters import MemoryCounters
+from accounts.errors import StoreUnavailable
 from engine.downloads import DownloadJob
 from engine.memory import physical_memory
 from engine.registry import Registry, RegistryConfig
@@ -37,7 +37,7 @@ from gateway.routes import (
 )
 from gateway.routes import metrics as metrics_route
 from gateway.settings import Settings, memory_budget_bytes, queue_per_key
-from gateway.stores import open_accounts
+from gateway.stores import open_accounts, open_counters
 from gateway.tokens import Tokenizers
 from policies.principal import Principal
 
@@ -76,14 +76,7 @@ def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
         record = key_store.authenticate(credential, now)
         return record.principal() if record is not None else None
 
-    def period_totals(key_id: str, since: float) -> tuple[int, int, list[float]]:
-        return (
-            key_store.tokens_since(key_id, since),
-            key_store.download_bytes_since(key_id, since),
-            key_store.loads_since(key_id, time.time() - 3600),
-        )
-
-    counters = MemoryCounters(period_totals)
+    counters = open_counters(settings, key_store)
 
     def downloaded(job: DownloadJob) -> None:
         if job.bytes_done:
@@ -92,7 +85,10 @@ def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
             )
 
     def downloaded_bytes(key_id: str, nbytes: int) -> None:
-        counters.charge_download(key_id, nbytes, time.time())
+        try:
+            counters.charge_download(key_id, nbytes, time.time())
+        except StoreUnavailable as exc:  # the ledger still gets the job's bytes at its end
+            log.warning("download bytes of %s not counted: %s", key_id, exc)
         metrics.download_bytes_total.labels(key_id).inc(nbytes)
 
     downloader = None
@@ -134,6 +130,7 @@ def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
             await asyncio.shield(registry.close())
             if ctx.tokenizers is not None:
                 ctx.tokenizers.close()
+            counters.close()
             key_store.close()
 
     app = Litestar(

@@ -137,3 +137,10 @@ class ModelUnavailable(ServiceUnavailable):
 
 class ServerBusy(ServiceUnavailable):
     code = "server_busy"
+
+
+class AccountsUnavailable(ServiceUnavailable):
+    """The shared store of keys and usage, or of the counters, cannot be reached: the
+    gateway fails closed rather than serve without checking keys and limits."""
+
+    code = "accounts_unavailable"

@@ -13,6 +13,7 @@ import logging
 
 from litestar.exceptions import HTTPException
 
+from accounts.errors import StoreUnavailable
 from engine import errors as engine_errors
 from engine.errors import (
     CallerBusy,
@@ -26,6 +27,7 @@ from engine.errors import (
     WorkerCrashed,
 )
 from gateway.errors import (
+    AccountsUnavailable,
     GatewayError,
     InsufficientStorage,
     InvalidRequest,
@@ -95,6 +97,13 @@ def to_gateway_error(exc: Exception) -> GatewayError:
         return exc
     if isinstance(exc, EngineError):
         return from_engine(exc)
+    if isinstance(exc, StoreUnavailable):
+        log.warning("failing closed: %s", exc)
+        return AccountsUnavailable(
+            f"The gateway cannot reach its store of {exc.store}, so it cannot check keys "
+            "and limits; try again shortly.",
+            retry_after=1,
+        )
     if isinstance(exc, HTTPException):
         if "disconnected" in str(exc.detail):  # the client left mid-body: nobody to answer
             return InvalidRequest("The client disconnected before the body was sent.")

@@ -231,6 +231,71 @@ class DownloadSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ] = ""
 
 
+class AccountsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    url: Annotated[
+        str,
+        _doc(
+            'Where keys and usage live: empty for SQLite in data_dir, or "postgresql://..." '
+            "shared by several gateways (prefer GATEWAY_ACCOUNTS_URL)."
+        ),
+    ] = ""
+    pool_size: Annotated[
+        int, _doc("Most connections to PostgreSQL this gateway keeps open.", ge=1, le=100)
+    ] = 8
+    timeout: Annotated[
+        float,
+        _doc("Seconds a call waits for PostgreSQL before the request gets 503.", gt=0, le=60),
+    ] = 5.0
+
+
+class CountersSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    url: Annotated[
+        str,
+        _doc(
+            "Where the short windows and concurrency slots live: empty for this process's "
+            'memory, or "redis://...", "rediss://...", "unix:///..." shared by several gateways.'
+        ),
+    ] = ""
+    lease_ttl: Annotated[
+        float,
+        _doc(
+            "Seconds a slot or reservation of a gateway that stopped answering outlives it.",
+            ge=1,
+            le=600,
+        ),
+    ] = 15.0
+    timeout: Annotated[
+        float, _doc("Seconds a call waits for Redis before the request gets 503.", gt=0, le=10)
+    ] = 0.5
+
+
+class ClusterSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    forward: Annotated[
+        bool,
+        _doc(
+            "Send a request for a model another live gateway has loaded to that gateway "
+            "instead of loading a second copy (needs counters.url and cluster.secret)."
+        ),
+    ] = True
+    node_url: Annotated[
+        str,
+        _doc(
+            'How the other gateways reach this one ("http://10.0.0.2:8080"); empty: '
+            "this gateway takes no forwarded requests and publishes nothing."
+        ),
+    ] = ""
+    secret: Annotated[
+        str,
+        _doc(
+            "Shared secret (32+ characters) that signs forwarded requests "
+            "(prefer GATEWAY_CLUSTER_SECRET)."
+        ),
+    ] = ""
+    heartbeat: Annotated[
+        float, _doc("Seconds between this gateway's reports to the others.", ge=0.2, le=60)
+    ] = 1.0
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     data_dir: Annotated[str, _doc("Where the gateway keeps its models, caches and database.")] = (
         "~/.local/share/mlx-gateway"
@@ -240,6 +305,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     engine: EngineSettings = EngineSettings()
     auth: AuthSettings = AuthSettings()
     downloads: DownloadSettings = DownloadSettings()
+    accounts: AccountsSettings = AccountsSettings()
+    counters: CountersSettings = CountersSettings()
+    cluster: ClusterSettings = ClusterSettings()
 
     @property
     def data_path(self) -> Path:
@@ -256,6 +324,9 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "engine": EngineSettings,
     "auth": AuthSettings,
     "downloads": DownloadSettings,
+    "accounts": AccountsSettings,
+    "counters": CountersSettings,
+    "cluster": ClusterSettings,
 }
 
 
@@ -346,6 +417,7 @@ def load_settings(
         raise SettingsError("engine.default_max_tokens: must not exceed engine.max_tokens_limit")
     memory_budget_bytes(settings.engine.memory_budget, physical=1)  # validates the syntax
     _check_auth(settings)
+    _check_shared_stores(settings)
     for field in ("disk_budget", "min_free", "max_model_size"):
         parse_size(getattr(settings.downloads, field), f"downloads.{field}")
     _check_cache_groups(settings.engine.prompt_cache_groups)
@@ -385,6 +457,31 @@ def _check_auth(settings: Settings) -> None:
         raise SettingsError("auth.jwt_secret: HS256 needs a secret of at least 32 characters")
     if auth.jwt_algorithm in ("RS256", "ES256") and not auth.jwt_public_key_file:
         raise SettingsError(f"auth.jwt_public_key_file: {auth.jwt_algorithm} needs a public key")
+
+
+def _check_shared_stores(settings: Settings) -> None:
+    accounts, counters, cluster = settings.accounts, settings.counters, settings.cluster
+    if accounts.url and not accounts.url.startswith(("postgresql://", "postgres://")):
+        raise SettingsError('accounts.url: expected "postgresql://..." (or empty for SQLite)')
+    if counters.url and not counters.url.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError(
+            'counters.url: expected "redis://...", "rediss://..." or "unix:///..." '
+            "(or empty for memory)"
+        )
+    if counters.url and not accounts.url:
+        raise SettingsError(
+            "counters.url: shared counters need a shared ledger to seed the day's totals "
+            "from; set accounts.url too"
+        )
+    if cluster.node_url:
+        if not counters.url:
+            raise SettingsError("cluster.node_url: the gateways meet in Redis; set counters.url")
+        if not cluster.node_url.startswith(("http://", "https://")):
+            raise SettingsError('cluster.node_url: expected "http://host:port"')
+        if len(cluster.secret) < 32:
+            raise SettingsError(
+                "cluster.secret: forwarding needs a shared secret of at least 32 characters"
+            )
 
 
 def _describe(exc: msgspec.ValidationError) -> str:

@@ -1,6 +1,9 @@
-"""``/health`` (the process answers) and ``/ready`` (the default model can serve)."""
+"""``/health`` (the process answers) and ``/ready`` (the default model can serve, and the
+stores of keys, usage and counters answer)."""
 
 from __future__ import annotations
+
+import asyncio
 
 from litestar import Request, Response, get
 
@@ -21,6 +24,8 @@ async def ready(request: Request) -> Response[dict[str, str]]:
             {"status": "not_ready", "reason": "the model scheduler is not making progress"},
             status_code=503,
         )
+    if (why := await asyncio.to_thread(_stores_unavailable, ctx)) is not None:
+        return Response({"status": "not_ready", "reason": why}, status_code=503)
     default = ctx.store.resolve("default")
     if default is None:
         return Response({"status": "not_ready", "reason": "no default model"}, status_code=503)
@@ -31,3 +36,12 @@ async def ready(request: Request) -> Response[dict[str, str]]:
     if status.error:
         body["reason"] = status.error
     return Response(body, status_code=503)
+
+
+def _stores_unavailable(ctx: AppContext) -> str | None:
+    """Why a shared store cannot be reached (on a worker thread: it may ask the network)."""
+    for store in (ctx.keys, ctx.counters):
+        why = store.unavailable() if store is not None else None
+        if why is not None:
+            return why
+    return None
