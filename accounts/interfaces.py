@@ -116,6 +116,9 @@ class TokenHold(Protocol):
     (the first call counts; never raises)."""
 
     key_id: str
+    ref: str
+    """Names the hold to another gateway (``Counters.settle_ref``); "" where no other
+    gateway can reach it (in-process counters)."""
 
     def settle(self, real: int) -> None: ...
 
@@ -142,6 +145,12 @@ class Counters(Protocol):
         """Give back the concurrency slot ``admit`` took with ``hold`` (the first call
         counts; never raises: a shared store that cannot be reached lets the slot's
         lease run out instead)."""
+        ...
+
+    def settle_ref(self, key_id: str, ref: str, real: int) -> None:
+        """Settle the open hold ``ref`` that another gateway took for a request it
+        forwarded here (a no-op once settled: the first settlement counts; never
+        raises)."""
         ...
 
     def charge_download(self, key_id: str, nbytes: int, now: float) -> None: ...

@@ -41,6 +41,7 @@ class TokenHold:
     amount: int
     settled: bool = False
     finished: bool = False
+    ref: str = ""  # no other gateway can reach these counters
 
     def settle(self, real: int) -> None:
         """Replace the reservation by the ``real`` count (idempotent: first call wins)."""
@@ -147,6 +148,9 @@ class MemoryCounters:
 
     def charge_download(self, key_id: str, nbytes: int, now: float) -> None:
         self._get(key_id, now).download_bytes_today += nbytes
+
+    def settle_ref(self, key_id: str, ref: str, real: int) -> None:
+        """Nothing to do: no other gateway holds tokens in this process's memory."""
 
     def unavailable(self) -> str | None:
         return None

@@ -13,9 +13,10 @@ schema newer than this program is refused (``SchemaError``).
 
 An unreachable server (``psycopg.OperationalError``, ``psycopg_pool.PoolTimeout``
 after ``timeout`` seconds) surfaces as ``accounts.errors.StoreUnavailable``, which
-the gateway answers with 503 (fail closed).  For ``FAIL_FAST_S`` after a failure,
-calls raise it at once instead of each waiting ``timeout`` again; the next call
-after that tries the server again, so service resumes by itself when it is back.
+the gateway answers with 503 (fail closed).  While it is down, calls raise it at
+once instead of each waiting ``timeout``; one call each ``FAIL_FAST_S`` tries a
+connection of its own, and once that succeeds the pool serves again, so service
+resumes by itself when the server is back.
 """
 
 from __future__ import annotations
@@ -133,6 +134,7 @@ class PostgresAccounts:
     ) -> None:
         self._closed = False
         self._timeout = timeout
+        self._url = url
         self._down: tuple[float, str] | None = None  # (since, why), monotonic
         self._down_lock = threading.Lock()
         self._pool: ConnectionPool[Conn] = ConnectionPool(
@@ -172,19 +174,37 @@ class PostgresAccounts:
     def _connection(self) -> Iterator[Conn]:
         if self._closed:
             raise RuntimeError("the database is closed")
-        down = self._down
-        if down is not None and time.monotonic() - down[0] < FAIL_FAST_S:
-            raise StoreUnavailable(STORE, down[1])
+        if self._down is not None:
+            self._probe()
         try:
             with self._pool.connection() as conn:
                 yield conn
         except psycopg.OperationalError as exc:
-            why = _reason(exc)
-            with self._down_lock:
-                self._down = (time.monotonic(), why)
-            raise StoreUnavailable(STORE, why) from exc
+            raise self._failed(exc) from exc
         with self._down_lock:
             self._down = None
+
+    def _failed(self, exc: psycopg.OperationalError) -> StoreUnavailable:
+        why = _reason(exc)
+        with self._down_lock:
+            self._down = (time.monotonic(), why)
+        return StoreUnavailable(STORE, why)
+
+    def _probe(self) -> None:
+        """While the database is down: refuse at once, except for one caller a second,
+        which tries a connection of its own (refused at once by a stopped server,
+        instead of waiting out the pool's timeout like every call would)."""
+        with self._down_lock:
+            down = self._down
+            if down is None:
+                return
+            if time.monotonic() - down[0] < FAIL_FAST_S:
+                raise StoreUnavailable(STORE, down[1])
+            self._down = (time.monotonic(), down[1])  # the others fail fast meanwhile
+        try:
+            psycopg.connect(self._url, connect_timeout=max(2, round(self._timeout))).close()
+        except psycopg.OperationalError as exc:
+            raise self._failed(exc) from exc
 
     def unavailable(self) -> str | None:
         """Why the database cannot be used now (a failure in the last second, or a

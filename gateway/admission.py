@@ -63,6 +63,7 @@ class Admission:
     recorded: bool = False
     first_token: float | None = None
     scope_state: dict[str, Any] | None = None  # the request's state: the access log reads it
+    forwarded: bool = False  # admitted by another gateway: no slot here, its hold
 
     def mark_first_token(self) -> None:
         if self.first_token is None:
@@ -73,7 +74,8 @@ class Admission:
         if not self.released:
             self.released = True
             if self.hold is not None:
-                self.ctx.counters.finish(self.hold)
+                if not self.forwarded:
+                    self.ctx.counters.finish(self.hold)
                 if not self.recorded:
                     self.hold.settle(0)
 

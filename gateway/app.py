@@ -98,6 +98,11 @@ def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
             on_bytes=downloaded_bytes,
             on_finished=downloaded,
         )
+    cluster = None
+    if settings.cluster.secret:  # with counters.url (checked with the settings)
+        from gateway.cluster import Cluster  # redis-py and httpx only when clustered
+
+        cluster = Cluster(settings, registry)
     ctx = AppContext(
         settings,
         store,
@@ -108,6 +113,7 @@ def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
         key_store,
         downloader,
         Tokenizers(settings.engine.tokenizer_threads, settings.engine.tokenizer_queue),
+        cluster,
     )
 
     @contextlib.asynccontextmanager
@@ -123,10 +129,14 @@ def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
         from gateway.disk_gauge import start_disk_gauges  # refreshed off the event loop
 
         disk_gauges = start_disk_gauges(downloader)
+        if cluster is not None:
+            await cluster.start()
         try:
             yield
         finally:
             disk_gauges.cancel()
+            if cluster is not None:
+                await cluster.close()
             await asyncio.shield(registry.close())
             if ctx.tokenizers is not None:
                 ctx.tokenizers.close()

@@ -38,6 +38,7 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 
 from accounts.keys import MAX_LIMIT
 from accounts.limits import LIMIT_CLAIMS
+from gateway.cluster import FORWARD_HEADER
 from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.settings import AuthSettings, SettingsError
 from policies.principal import SCOPES, Limits, Principal
@@ -171,7 +172,16 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
     """Authenticates every request but the excluded ones (health, readiness, metrics)."""
 
     async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:
-        authenticator: Authenticator = connection.app.state.ctx.auth
+        ctx = connection.app.state.ctx
+        authenticator: Authenticator = ctx.auth
+        forward = connection.headers.get(FORWARD_HEADER)
+        if forward is not None and ctx.cluster is not None:
+            # Another gateway of the cluster admitted this request and signed it.
+            forwarded = await ctx.cluster.accept(forward)
+            if forwarded is None:
+                raise AuthenticationFailed("Invalid forwarded request.")
+            connection.scope.setdefault("state", {})["forwarded"] = forwarded
+            return AuthenticationResult(user=forwarded.principal, auth=None)
         credential = presented_credential(
             connection.headers.get("authorization"), connection.headers.get("x-api-key")
         )

@@ -12,6 +12,7 @@ from engine.downloads import Downloader
 from engine.registry import Registry
 from engine.store import ModelSpec, ModelStore
 from gateway.auth import Authenticator
+from gateway.cluster import Cluster
 from gateway.errors import InvalidRequest, ModelNotFound
 from gateway.settings import Settings
 from gateway.tokens import Tokenizers
@@ -32,6 +33,7 @@ class AppContext:
     ledger: UsageLedger | None
     downloader: Downloader | None = None
     tokenizers: Tokenizers | None = None
+    cluster: Cluster | None = None  # the other gateways (``cluster.node_url`` set)
 
     def cache_partition(self, key_id: str) -> str:
         """The prompt-cache partition of a key: its own, or its operator-named group's."""

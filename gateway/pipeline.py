@@ -33,6 +33,7 @@ from engine.store import ModelSpec
 from gateway import hub
 from gateway.admission import Admission, decide, is_loaded
 from gateway.auth import principal_of
+from gateway.cluster import Forwarded, Peer
 from gateway.context import AppContext
 from gateway.errors import (
     InvalidRequest,
@@ -42,6 +43,7 @@ from gateway.errors import (
     RequestTimeout,
     ServerBusy,
 )
+from gateway.forwarding import forwarded_admission
 from gateway.http_errors import from_denial
 from gateway.inference import InferenceCall
 from gateway.tokens import TokenizerBusy
@@ -96,6 +98,7 @@ class Admitted:
     call: InferenceCall
     spec: ModelSpec
     deadline: float  # loop time by which the whole request must end
+    peer: Peer | None = None  # the gateway that serves it (``gateway.forwarding``)
 
 
 def context(request: Request[Any, Any, Any]) -> AppContext:
@@ -412,6 +415,9 @@ async def admit(request: Request[Any, Any, Any], ask: Ask) -> Admitted:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + ctx.settings.engine.request_timeout
     principal = principal_of(request)
+    forwarded = request.scope.get("state", {}).get("forwarded")
+    if forwarded is not None:
+        return await _admit_forwarded(request, ask, forwarded, deadline)
     if ask.unloads:
         spec, admission = admit_plain(request, ask)
         call = _call(ctx, principal, spec, ask, admission, None)
@@ -419,6 +425,9 @@ async def admit(request: Request[Any, Any, Any], ask: Ask) -> Admitted:
     spec = _authorize(ctx, request, principal, ask.model)
     ask = _residency(ctx, principal, spec, ask)
     estimate = ask.text_bytes // 4 + 1
+    peer = _peer(ctx, spec)
+    if peer is not None:
+        return await _admit_for_peer(request, ask, spec, peer, deadline)
     # The key's limits first, counting nothing: a refused key causes no I/O at all.
     _decide(ctx, principal, _resources(ctx, spec, None), ask, ask.route, estimate, dry_run=True)
     try:
@@ -443,6 +452,60 @@ async def admit(request: Request[Any, Any, Any], ask: Ask) -> Admitted:
     admission.scope_state = request.scope.setdefault("state", {})
     call = _call(ctx, principal, spec, ask, admission, tokens)
     return Admitted(admission, call, spec, deadline)
+
+
+def _peer(ctx: AppContext, spec: ModelSpec) -> Peer | None:
+    """The gateway to forward to: one that has the model ready while this one has not
+    loaded it (nor is loading it)."""
+    if ctx.cluster is None or is_loaded(ctx, spec.id):
+        return None
+    return ctx.cluster.peer_for(spec.id)
+
+
+async def _admit_for_peer(
+    request: Request[Any, Any, Any], ask: Ask, spec: ModelSpec, peer: Peer, deadline: float
+) -> Admitted:
+    """Admit here, as for a loaded model (the cluster has it loaded: no load is caused,
+    counted or needs the ``load`` scope), for ``peer`` to serve."""
+    ctx = context(request)
+    principal = principal_of(request)
+    resources = replace(_resources(ctx, spec, None), loaded=True)
+    estimate = ask.text_bytes // 4 + 1
+    _decide(ctx, principal, resources, ask, ask.route, estimate, dry_run=True)
+    tokens: tuple[int, ...] | None = None
+    if spec.on_disk:  # this gateway can count the prompt itself
+        try:
+            async with asyncio.timeout_at(deadline):
+                await check_constraint(ctx, ask)
+                tokens, ask = await _prompt(ctx, spec, ask)
+        except TimeoutError:
+            raise RequestTimeout("The request took longer than the gateway allows.") from None
+    prompt_tokens = len(tokens) if tokens is not None else estimate
+    admission = _decide(ctx, principal, resources, ask, ask.route, prompt_tokens)
+    admission.scope_state = request.scope.setdefault("state", {})
+    call = _call(ctx, principal, spec, ask, admission, tokens)
+    return Admitted(admission, call, spec, deadline, peer=peer)
+
+
+async def _admit_forwarded(
+    request: Request[Any, Any, Any], ask: Ask, forwarded: Forwarded, deadline: float
+) -> Admitted:
+    """A request another gateway admitted and forwarded here: the allowlist again (it
+    costs nothing), no limit decided or counted again, and never a load for it."""
+    ctx = context(request)
+    principal = forwarded.principal
+    spec = _allowed(ctx, request, principal, ask.model)
+    if not spec.on_disk or not is_loaded(ctx, spec.id):
+        raise ModelUnavailable(f"{spec.id} is not loaded on this gateway any more; retry.")
+    try:
+        async with asyncio.timeout_at(deadline):
+            tokens, ask = await _prompt(ctx, spec, ask)
+    except TimeoutError:
+        raise RequestTimeout("The request took longer than the gateway allows.") from None
+    admission = forwarded_admission(ctx, forwarded, spec.id, ask.route)
+    admission.scope_state = request.scope.setdefault("state", {})
+    call = _call(ctx, principal, spec, ask, admission, tokens)
+    return Admitted(admission, replace(call, may_load=False), spec, deadline)
 
 
 async def _prompt(ctx: AppContext, spec: ModelSpec, ask: Ask) -> tuple[tuple[int, ...] | None, Ask]:

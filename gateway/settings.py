@@ -267,6 +267,13 @@ class CountersSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     timeout: Annotated[
         float, _doc("Seconds a call waits for Redis before the request gets 503.", gt=0, le=10)
     ] = 0.5
+    prefix: Annotated[
+        str,
+        _doc(
+            "Start of every Redis key this gateway writes (one per deployment sharing a Redis).",
+            pattern=r"^[A-Za-z0-9:_.-]{1,64}$",
+        ),
+    ] = "gw:"
 
 
 class ClusterSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -274,7 +281,7 @@ class ClusterSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         bool,
         _doc(
             "Send a request for a model another live gateway has loaded to that gateway "
-            "instead of loading a second copy (needs counters.url and cluster.secret)."
+            "instead of loading a second copy (with counters.url and cluster.secret set)."
         ),
     ] = True
     node_url: Annotated[
@@ -473,15 +480,14 @@ def _check_shared_stores(settings: Settings) -> None:
             "counters.url: shared counters need a shared ledger to seed the day's totals "
             "from; set accounts.url too"
         )
-    if cluster.node_url:
-        if not counters.url:
-            raise SettingsError("cluster.node_url: the gateways meet in Redis; set counters.url")
-        if not cluster.node_url.startswith(("http://", "https://")):
-            raise SettingsError('cluster.node_url: expected "http://host:port"')
-        if len(cluster.secret) < 32:
-            raise SettingsError(
-                "cluster.secret: forwarding needs a shared secret of at least 32 characters"
-            )
+    if cluster.node_url and not cluster.node_url.startswith(("http://", "https://")):
+        raise SettingsError('cluster.node_url: expected "http://host:port"')
+    if (cluster.node_url or cluster.secret) and not counters.url:
+        raise SettingsError("cluster: the gateways meet in Redis; set counters.url")
+    if cluster.node_url and not cluster.secret:
+        raise SettingsError("cluster.secret: a gateway that takes forwarded requests needs it")
+    if cluster.secret and len(cluster.secret) < 32:
+        raise SettingsError("cluster.secret: use a shared secret of at least 32 characters")
 
 
 def _describe(exc: msgspec.ValidationError) -> str:

@@ -53,6 +53,7 @@ def open_counters(settings: Settings, ledger: UsageLedger) -> Counters:
         return RedisCounters(
             config.url,
             period_totals(ledger),
+            prefix=config.prefix,
             lease_ttl=config.lease_ttl,
             timeout=config.timeout,
         )

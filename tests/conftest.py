@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from tests.support.postgres import PostgresServer, running_postgres
 from tests.support.server import REPO, GatewayServer
 
 
@@ -80,3 +82,47 @@ def make_client() -> Iterator[Callable[..., openai.OpenAI]]:
     yield make
     for client in clients:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for the session (``tests.support.postgres``;
+    the tests that use it are skipped where PostgreSQL is not installed)."""
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The URL of a new empty database on that server, dropped after the test."""
+    name = f"t_{secrets.token_hex(6)}"
+    url = postgres_server.create_database(name)
+    yield url
+    postgres_server.drop_database(name)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--shared-stores",
+        action="store_true",
+        help="run every gateway on PostgreSQL (keys, usage) and Redis (counters), "
+        "servers started by the fixtures, instead of SQLite and memory",
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_stores(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Under ``--shared-stores``, one PostgreSQL and one Redis for every gateway."""
+    if not request.config.getoption("--shared-stores"):
+        yield
+        return
+    from tests.support import server as support
+    from tests.support.redis_server import running_redis
+
+    postgres = request.getfixturevalue("postgres_server")
+    with running_redis() as redis:
+        support.SHARED = support.SharedStores(postgres, redis.url)
+        try:
+            yield
+        finally:
+            support.SHARED = None

@@ -39,6 +39,7 @@ from gateway.anthropic_schema import (
     TextOut as TextBlockOut,
 )
 from gateway.errors import GatewayError
+from gateway.forwarding import forward
 from gateway.generation import Choice, Counts, complete, stream
 from gateway.inference import ChoiceEnd, TextOut
 from gateway.pipeline import Ask, context
@@ -195,6 +196,11 @@ def _content(choice: Choice, omit_thinking: bool) -> list[TextBlockOut | Thinkin
     return blocks or [TextBlockOut("")]
 
 
+def _error_frame(error: GatewayError) -> bytes:
+    """A forwarded stream's mid-way error, as this route frames errors."""
+    return sse("error", anthropic_body(error))
+
+
 @post("/v1/messages", status_code=200)
 async def messages(request: Request) -> Response[Any] | Stream:
     ctx = context(request)
@@ -209,6 +215,8 @@ async def messages(request: Request) -> Response[Any] | Stream:
     )
     ask = Ask("/v1/messages", req.model, params, 1, conversation(req), output=output_of(req))
     admitted = await pipeline.admit(request, ask)
+    if admitted.peer is not None:
+        return await forward(request, admitted.admission, admitted.peer, _error_frame)
     ident = f"msg_{uuid.uuid4().hex}"
     omit = thinking_omitted(req)
     if req.stream:

@@ -21,6 +21,7 @@ from litestar.response import Stream
 from engine.protocol import SamplingParams
 from gateway import pipeline
 from gateway.errors import GatewayError
+from gateway.forwarding import forward
 from gateway.generation import Choice, Completed, Counts, complete, preload, stream
 from gateway.inference import ChoiceEnd, TextOut
 from gateway.ollama_codec import (
@@ -161,6 +162,8 @@ async def _residency(request: Request, req: GenerationFields, route: str, chat: 
     params = SamplingParams(max_tokens=0)
     ask = Ask(route, model_id_of(req.model), params, keep_alive=keep_alive, load_only=True)
     admitted = await pipeline.admit(request, ask)
+    if admitted.peer is not None:
+        return await forward(request, admitted.admission, admitted.peer, _error_frame)
     if ask.unloads:
         try:
             ctx.registry.set_keep_alive(admitted.spec.id, 0)
@@ -181,6 +184,8 @@ async def _run(request: Request, req: GenerationFields, ask: Ask, chat: bool) ->
     ctx = context(request)
     clock = Clock(time.monotonic())
     admitted = await pipeline.admit(request, ask)
+    if admitted.peer is not None:
+        return await forward(request, admitted.admission, admitted.peer, _error_frame)
     logprobs = ask.params.logprobs is not None
     if req.stream:
         renderer = OllamaRenderer(req.model, chat, clock, logprobs)
@@ -197,6 +202,11 @@ def _params(request: Request, req: GenerationFields) -> SamplingParams:
 
 def _window(req: GenerationFields) -> int | None:
     return req.options.num_ctx if req.options is not None else None
+
+
+def _error_frame(error: GatewayError) -> bytes:
+    """A forwarded stream's mid-way error, as this route frames errors."""
+    return line(ollama_body(error))
 
 
 @post("/api/chat", status_code=200)

@@ -18,6 +18,7 @@ from litestar.response import Stream
 
 from gateway import pipeline
 from gateway.errors import GatewayError, InvalidRequest
+from gateway.forwarding import forward
 from gateway.generation import Choice, Counts, complete, stream
 from gateway.inference import ChoiceEnd, TextOut
 from gateway.openai_codec import (
@@ -116,6 +117,11 @@ def _message(choice: Choice) -> AssistantMessage:
     )
 
 
+def _error_frame(error: GatewayError) -> bytes:
+    """A forwarded stream's mid-way error, as this route frames errors."""
+    return event(error_body(error))
+
+
 @post("/v1/chat/completions", status_code=200)
 async def chat_completions(request: Request) -> Response[Any] | Stream:
     ctx = context(request)
@@ -125,6 +131,8 @@ async def chat_completions(request: Request) -> Response[Any] | Stream:
     route = "/v1/chat/completions"
     ask = Ask(route, req.model, params, req.n, messages_of(req), output=output_of(req))
     admitted = await pipeline.admit(request, ask)
+    if admitted.peer is not None:
+        return await forward(request, admitted.admission, admitted.peer, _error_frame)
     model = admitted.spec.id
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     with_logprobs = params.logprobs is not None
@@ -179,6 +187,8 @@ async def completions(request: Request) -> Response[Any] | Stream:
         raise InvalidRequest("prompt must not be empty.", param="prompt")
     ask = Ask("/v1/completions", req.model, params, req.n, prompt=prompt)
     admitted = await pipeline.admit(request, ask)
+    if admitted.peer is not None:
+        return await forward(request, admitted.admission, admitted.peer, _error_frame)
     model = admitted.spec.id
     ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     echo = prompt if req.echo else ""

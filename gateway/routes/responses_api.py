@@ -26,6 +26,7 @@ from litestar.response import Stream
 from engine.protocol import CallDelta, SamplingParams
 from gateway import pipeline
 from gateway.errors import GatewayError, RouteNotFound
+from gateway.forwarding import forward
 from gateway.generation import Choice, Counts, complete, stream
 from gateway.inference import ChoiceEnd, TextOut
 from gateway.pipeline import Ask, context
@@ -218,6 +219,12 @@ class ResponsesRenderer:
         return b": waiting for the model\n\n"
 
 
+def _error_frame(error: GatewayError) -> bytes:
+    """A forwarded stream's mid-way error, as this route frames errors."""
+    body = {"type": "error", **msgspec.to_builtins(error_body(error).error)}
+    return b"event: error\ndata: " + msgspec.json.encode(body) + b"\n\n"
+
+
 @post("/v1/responses", status_code=200)
 async def create_response(request: Request) -> Response[Any] | Stream:
     ctx = context(request)
@@ -239,6 +246,8 @@ async def create_response(request: Request) -> Response[Any] | Stream:
         format_param="text.format",
     )
     admitted = await pipeline.admit(request, ask)
+    if admitted.peer is not None:
+        return await forward(request, admitted.admission, admitted.peer, _error_frame)
     ident, model = f"resp_{uuid.uuid4().hex}", admitted.spec.id
     if req.stream:
         return await stream(ctx, admitted, ResponsesRenderer(req, ident, model))

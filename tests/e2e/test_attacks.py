@@ -12,8 +12,7 @@ import time
 import httpx
 import pytest
 
-from accounts.sqlite_store import SQLiteAccounts
-from tests.support.server import GatewayServer
+from tests.support.server import GatewayServer, open_accounts
 
 HELLO = [{"role": "user", "content": "hi"}]
 
@@ -43,7 +42,7 @@ path = "{tiny_models_dir / "tiny-b"}"
 
 @pytest.fixture(scope="module")
 def keys(server):
-    with SQLiteAccounts(server.data_dir / "gateway.db") as store:
+    with server.accounts() as store:
         now = time.time()
         _, expired = store.create_key("expired", expires_at=now - 1, now=now - 100)
         revoked_record, revoked = store.create_key("revoked", now=now)
@@ -58,7 +57,7 @@ def keys(server):
 def side_effects(server: GatewayServer) -> tuple:
     """Everything a refused request must leave as it was."""
     models = httpx.get(server.base_url + "/admin/models", headers=server.headers).json()
-    with SQLiteAccounts(server.data_dir / "gateway.db") as store:
+    with server.accounts() as store:
         usage = store.usage_summary()
         key_count = store.count_keys()
     return (
@@ -134,7 +133,7 @@ def test_allowed_glob_still_matches_its_own_family(server, keys):
 def test_usage_and_quota_survive_a_kill_9_right_after_a_response(tiny_models_dir, tmp_path):
     first = GatewayServer(tiny_models_dir, tmp_path, default_model="tiny-a")
     key = first.create_key("daily", scopes=("infer",))
-    with SQLiteAccounts(tmp_path / "gateway.db") as store:
+    with open_accounts(tmp_path) as store:
         store.update(key.split("-")[1], limits={"tokens_per_day": 40})
     response = httpx.post(
         first.base_url + "/v1/chat/completions",
@@ -144,7 +143,7 @@ def test_usage_and_quota_survive_a_kill_9_right_after_a_response(tiny_models_dir
     assert response.status_code == 200
     seen = response.json()["usage"]
     first.kill()
-    with SQLiteAccounts(tmp_path / "gateway.db") as store:
+    with open_accounts(tmp_path) as store:
         (row,) = store.usage_summary(key_id=key.split("-")[1])
     assert (row["prompt_tokens"], row["completion_tokens"]) == (
         seen["prompt_tokens"],

@@ -15,7 +15,6 @@ import time
 import httpx
 import pytest
 
-from accounts.sqlite_store import SQLiteAccounts
 from policies.principal import Limits
 from tests.support.server import GatewayServer
 
@@ -73,7 +72,7 @@ def concurrently(count: int, call) -> list[httpx.Response]:
 
 
 def usage_of(server, key) -> dict:
-    with SQLiteAccounts(server.data_dir / "gateway.db") as store:
+    with server.accounts() as store:
         rows = store.usage_summary(key_id=key.split("-")[1])
     return {
         "requests": sum(r["requests"] for r in rows),

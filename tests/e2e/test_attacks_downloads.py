@@ -13,7 +13,6 @@ import time
 
 import httpx
 
-from accounts.sqlite_store import SQLiteAccounts
 from policies.principal import Limits
 from tests.support.downloads import (
     FULL,
@@ -28,12 +27,12 @@ OTHER = "mlx-community/other"
 
 
 def downloaded_by(server, key: str) -> int:
-    with SQLiteAccounts(server.data_dir / "gateway.db") as store:
+    with server.accounts() as store:
         return store.download_bytes_since(key.split("-")[1], 0)
 
 
 def usage_requests(server, key: str) -> int:
-    with SQLiteAccounts(server.data_dir / "gateway.db") as store:
+    with server.accounts() as store:
         rows = store.usage_summary(key_id=key.split("-")[1])
     return sum(r["requests"] for r in rows)
 

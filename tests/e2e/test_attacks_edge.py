@@ -22,7 +22,7 @@ import httpx
 import jwt
 import pytest
 
-from accounts.sqlite_store import SQLiteAccounts
+from tests.support import server as support
 from tests.support.local_hub import LocalHub
 from tests.support.server import REPO, GatewayServer, free_port
 
@@ -90,7 +90,7 @@ def test_jwt_with_claims_of_a_wrong_type_is_refused_and_charges_nothing(server, 
     error = assert_openai_error(response, 401)
     assert error["type"] == "authentication_error"
     assert error["message"] == "Invalid token claims."
-    with SQLiteAccounts(server.data_dir / "gateway.db") as store:
+    with server.accounts() as store:
         assert store.usage_summary(key_id="jwt:bad-bot") == []
 
 
@@ -442,11 +442,14 @@ class LimitedServer(GatewayServer):
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = data_dir / f"gateway-{self.port}.log"
         data_dir.mkdir(parents=True, exist_ok=True)
+        shared = support.SHARED.env(data_dir) if support.SHARED is not None else {}
+        self.accounts_url = shared.get("GATEWAY_ACCOUNTS_URL", "")
         self.admin_key = self.create_key("test-admin", scopes=("infer", "load", "admin"))
         env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")} | {
             "GATEWAY_MODELS_DEFAULT": "tiny-a",
             "GATEWAY_ENGINE_SPARE_WORKER": "false",
             "PYTHONUNBUFFERED": "1",
+            **shared,
         }
 
         def limit() -> None:

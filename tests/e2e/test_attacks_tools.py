@@ -18,7 +18,6 @@ import jsonschema
 import openai
 import pytest
 
-from accounts.sqlite_store import SQLiteAccounts
 from policies.principal import Limits
 from tests.support.server import REPO, GatewayServer
 
@@ -85,7 +84,7 @@ def _post(server: GatewayServer, key: str, body: dict) -> httpx.Response:
 
 
 def _tokens_charged(server: GatewayServer, key: str) -> int:
-    with SQLiteAccounts(server.data_dir / "gateway.db") as store:
+    with server.accounts() as store:
         rows = store.usage_summary(key_id=key.split("-")[1])
     return sum(row["prompt_tokens"] + row["completion_tokens"] for row in rows)
 

@@ -14,10 +14,9 @@ import time
 import httpx
 import pytest
 
-from accounts.sqlite_store import SQLiteAccounts
 from policies.principal import Limits
 from tests.support.downloads import FULL, REPO_ID, ask, serve, snapshot_complete
-from tests.support.server import REPO, GatewayServer
+from tests.support.server import REPO, GatewayServer, open_accounts
 
 
 def test_permitted_request_downloads_loads_and_answers(hub, tiny_models_dir, tmp_path):
@@ -29,7 +28,7 @@ def test_permitted_request_downloads_loads_and_answers(hub, tiny_models_dir, tmp
         assert response.json()["model"] == REPO_ID
         assert hub.bytes_sent(REPO_ID) > 0
         assert snapshot_complete(tmp_path)
-        with SQLiteAccounts(tmp_path / "gateway.db") as store:
+        with open_accounts(tmp_path) as store:
             downloaded = store.download_bytes_since(key.split("-")[1], 0)
         # Everything the hub sent, but the config.json read (into memory, for the
         # memory need) before the download started: metadata, not charged.
@@ -210,7 +209,7 @@ def test_download_quota_persists_across_a_restart(hub, tiny_models_dir, tmp_path
         size = hub.bytes_sent(REPO_ID)
     finally:
         first.stop()
-    with SQLiteAccounts(tmp_path / "gateway.db") as store:
+    with open_accounts(tmp_path) as store:
         store.update(key.split("-")[1], limits={"download_bytes_per_day": int(size * 1.5)})
     shutil.rmtree(tmp_path / "hf-cache" / "models--mlx-community--other", ignore_errors=True)
     again = serve(hub, tmp_path, tiny_models_dir)

@@ -389,9 +389,8 @@ def test_unknown_model_is_not_found_in_ollamas_shape(admin):
 
 
 def usage_rows(server: GatewayServer, key: str) -> list[dict]:
-    from accounts.sqlite_store import SQLiteAccounts
 
-    with SQLiteAccounts(server.data_dir / "gateway.db") as store:
+    with server.accounts() as store:
         return store.usage_summary(key_id=key.split("-")[1])
 
 

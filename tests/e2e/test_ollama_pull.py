@@ -28,7 +28,6 @@ import httpx
 import ollama
 import pytest
 
-from accounts.sqlite_store import SQLiteAccounts
 from policies.principal import Limits
 from tests.support.downloads import FULL, REPO_ID, serve, snapshot_complete
 from tests.support.local_hub import LocalHub
@@ -134,7 +133,7 @@ def listed(client: ollama.Client) -> set[str]:
 
 
 def usage_requests(server: GatewayServer, key: str) -> int:
-    with SQLiteAccounts(server.data_dir / "gateway.db") as store:
+    with server.accounts() as store:
         rows = store.usage_summary(key_id=key.split("-")[1])
     return sum(r["requests"] for r in rows)
 

@@ -15,7 +15,6 @@ import httpx
 import openai
 import pytest
 
-from accounts.sqlite_store import SQLiteAccounts
 from policies.principal import Limits
 from tests.support.server import GatewayServer
 
@@ -40,7 +39,7 @@ def client(server: GatewayServer, key: str) -> openai.OpenAI:
 
 
 def usage_rows(server: GatewayServer, key_id: str) -> list[dict]:
-    with SQLiteAccounts(server.data_dir / "gateway.db") as store:
+    with server.accounts() as store:
         return store.usage_summary(key_id=key_id)
 
 

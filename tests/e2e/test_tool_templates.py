@@ -17,7 +17,6 @@ import httpx
 import openai
 import pytest
 
-from accounts.sqlite_store import SQLiteAccounts
 from tests.support.server import REPO, GatewayServer
 
 WEATHER_CALL = [
@@ -243,7 +242,7 @@ def test_tools_on_a_model_without_tool_support_are_refused_before_it_loads(serve
         assert error["code"] == "tools_not_supported"
         assert "plain-cold" in error["message"]
     assert server.model("plain-cold")["state"] == "absent"  # never loaded
-    with SQLiteAccounts(server.data_dir / "gateway.db") as store:
+    with server.accounts() as store:
         rows = store.usage_summary(key_id=key.split("-")[1])
     assert sum(row.get("completion_tokens", 0) for row in rows) == 0
 

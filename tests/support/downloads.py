@@ -20,6 +20,7 @@ def serve(
     tiny_models_dir: Path,
     *,
     env: dict[str, str] | None = None,
+    port: int | None = None,
     **downloads: str,
 ) -> GatewayServer:
     """A gateway downloading from ``hub`` into ``data/hf-cache``; ``downloads`` are
@@ -42,7 +43,7 @@ def serve(
         "GATEWAY_ENGINE_MIN_RESIDENCY": "0",
         **(env or {}),
     }
-    return GatewayServer(tiny_models_dir, data, default_model="tiny-a", env=full_env)
+    return GatewayServer(tiny_models_dir, data, default_model="tiny-a", env=full_env, port=port)
 
 
 def ask(

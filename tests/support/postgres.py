@@ -29,7 +29,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,24 @@ class PostgresServer:
     socket_dir: Path
     port: int
     user: str = "postgres"
+    _command: list[Any] = field(default_factory=list)
+    _run_as: dict[str, Any] = field(default_factory=dict)
+    _log: Path | None = None
+    _proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the server (again, after ``stop``: the same data, socket and port)."""
+        assert self._log is not None
+        with self._log.open("ab") as out:
+            self._proc = subprocess.Popen(
+                self._command, stdout=out, stderr=subprocess.STDOUT, **self._run_as
+            )
+        _wait_until_ready(self, self._proc, self._log)
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown: open sessions are ended), as an outage would."""
+        if self._proc is not None:
+            _stop(self._proc)
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql:///{database}?host={self.socket_dir}&port={self.port}&user={self.user}"
@@ -173,8 +191,8 @@ def running_postgres(bindir: Path | None = None) -> Iterator[PostgresServer]:
         log.touch()
         run_as = _run_as(root_dir)
         _initdb(bindir, data, log, run_as)
-        server = PostgresServer(sockets, _free_port())
-        command = [bindir / "postgres", "-D", data, "-k", sockets, "-p", str(server.port)]
+        port = _free_port()
+        command: list[Any] = [bindir / "postgres", "-D", data, "-k", sockets, "-p", str(port)]
         for setting in [
             "listen_addresses=",
             "fsync=off",
@@ -183,12 +201,11 @@ def running_postgres(bindir: Path | None = None) -> Iterator[PostgresServer]:
             "shared_buffers=32MB",
         ]:
             command += ["-c", setting]
-        with log.open("ab") as out:
-            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, **run_as)
+        server = PostgresServer(sockets, port, _command=command, _run_as=run_as, _log=log)
         try:
-            _wait_until_ready(server, proc, log)
+            server.start()
             yield server
         finally:
-            _stop(proc)
+            server.stop()
     finally:
         shutil.rmtree(root_dir, ignore_errors=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from accounts.interfaces import Accounts
 from policies.principal import Limits
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,6 +47,55 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class SharedStores:
+    """``--shared-stores``: every gateway of the suite on PostgreSQL and Redis.
+
+    Each data dir gets its own database and its own Redis key prefix, made the first
+    time anything asks for them (a key created before its gateway starts lands in
+    the database that gateway will use)."""
+
+    def __init__(self, postgres: Any, redis_url: str) -> None:
+        self.postgres = postgres
+        self.redis_url = redis_url
+        self._urls: dict[Path, str] = {}
+
+    def _name(self, data_dir: Path) -> str:
+        import hashlib
+
+        return "d_" + hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
+
+    def accounts_url(self, data_dir: Path) -> str:
+        data_dir = data_dir.resolve()
+        if data_dir not in self._urls:
+            self._urls[data_dir] = self.postgres.create_database(self._name(data_dir))
+        return self._urls[data_dir]
+
+    def env(self, data_dir: Path) -> dict[str, str]:
+        return {
+            "GATEWAY_ACCOUNTS_URL": self.accounts_url(data_dir),
+            "GATEWAY_COUNTERS_URL": self.redis_url,
+            "GATEWAY_COUNTERS_PREFIX": self._name(data_dir) + ":",
+        }
+
+
+SHARED: SharedStores | None = None
+"""Set by ``tests/conftest.py`` under ``--shared-stores``."""
+
+
+def open_accounts(data_dir: Path, accounts_url: str = "") -> Accounts:
+    """The store a gateway with this data dir and ``accounts.url`` uses."""
+    if not accounts_url and SHARED is not None:
+        accounts_url = SHARED.accounts_url(data_dir)
+    if accounts_url:
+        from accounts.postgres_store import PostgresAccounts
+
+        return PostgresAccounts(accounts_url, max_size=2)
+    from accounts.sqlite_store import SQLiteAccounts
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return SQLiteAccounts(data_dir / "gateway.db")
+
+
 def create_key(
     data_dir: Path,
     name: str,
@@ -53,11 +103,9 @@ def create_key(
     scopes: tuple[str, ...] = ("infer",),
     models: tuple[str, ...] = ("*",),
     limits: Limits | None = None,
+    accounts_url: str = "",
 ) -> str:
-    from accounts.sqlite_store import SQLiteAccounts
-
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with SQLiteAccounts(data_dir / "gateway.db") as store:
+    with open_accounts(data_dir, accounts_url) as store:
         _, key = store.create_key(
             name, scopes=scopes, models=models, limits=limits or Limits(), now=time.time()
         )
@@ -74,8 +122,14 @@ class GatewayServer:
         env: dict[str, str] | None = None,
         wait_ready: bool = True,
         create_admin: bool = True,
+        accounts_url: str = "",
+        port: int | None = None,
     ) -> None:
-        self.port = free_port()
+        self.port = port or free_port()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        shared = SHARED.env(data_dir) if SHARED is not None and not accounts_url else {}
+        env = shared | (env or {})
+        self.accounts_url = accounts_url or env.get("GATEWAY_ACCOUNTS_URL", "")
         self.data_dir = data_dir
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = data_dir / f"gateway-{self.port}.log"
@@ -85,6 +139,7 @@ class GatewayServer:
         full_env = (
             {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
             | {"GATEWAY_MODELS_DEFAULT": default_model, "PYTHONUNBUFFERED": "1"}
+            | ({"GATEWAY_ACCOUNTS_URL": self.accounts_url} if self.accounts_url else {})
             | (env or {})
         )
         self._log = self.log_path.open("wb")
@@ -129,8 +184,12 @@ class GatewayServer:
         raise TimeoutError(f"gateway not ready after {timeout}s:\n{self.log_tail()}")
 
     def create_key(self, name: str, **fields: Any) -> str:
-        """A new key in this server's store (the same file the server uses)."""
-        return create_key(self.data_dir, name, **fields)
+        """A new key in this server's store (the same one the server uses)."""
+        return create_key(self.data_dir, name, accounts_url=self.accounts_url, **fields)
+
+    def accounts(self) -> Accounts:
+        """This server's key store and ledger, opened here (close it: ``with``)."""
+        return open_accounts(self.data_dir, self.accounts_url)
 
     @property
     def headers(self) -> dict[str, str]:
