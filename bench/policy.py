@@ -3,7 +3,7 @@
 Run from the repository root::
 
     .venv/bin/python bench/policy.py [--clients 16] [--requests 400] [--rounds 3]
-                                     [--skip-litellm] [--json PATH]
+                                     [--skip-shared] [--skip-litellm] [--json PATH]
 
 Every request is ``POST /v1/chat/completions``, non-streaming, a short prompt,
 ``max_tokens: 1``, ``temperature: 0``, sent with ``httpx.AsyncClient`` from this
@@ -13,7 +13,9 @@ process.  Two parts, one after the other, each with its servers started first
 Gateways (``python -m gateway serve``, a tiny random llama model from
 ``tests.support.tiny_model`` as the only model, ``GATEWAY_MODELS_DEFAULT=tiny``,
 no spare worker: the model's share of a request is small and the same in all
-three):
+of them; one key's share of the model's queue, ``GATEWAY_ENGINE_QUEUE_PER_KEY``,
+raised to 1000 like the limits below, so that the ``--clients`` clients of one
+principal are never refused):
 
 ``gateway, auth off``
     ``GATEWAY_AUTH_ENABLED=false`` (allowed on loopback); requests carry no key.
@@ -29,6 +31,24 @@ three):
     the same with 10,000 keys in the store (created one by one through
     ``SQLiteAccounts.create_key``, timed; in bulk with ``executemany`` if that would
     take over a minute); requests round-robin over 100 of them picked at random.
+``gateway, 10 keys, PostgreSQL``
+    ``gateway, 10 keys`` with its keys and usage ledger in PostgreSQL instead
+    (``GATEWAY_ACCOUNTS_URL``): the 10 keys are created in a fresh database
+    through ``PostgresAccounts.create_key``; the counters stay in memory.  Each
+    request reads its key from PostgreSQL and commits its usage row there.
+``gateway, 10 keys, PostgreSQL + Redis``
+    the same with the per-key counters in Redis too (``GATEWAY_COUNTERS_URL``):
+    each request's snapshot, admission, settlement and release are Redis round
+    trips.
+
+The two shared-store targets have servers of their own, started before the
+gateways with ``tests.support.postgres.running_postgres`` and
+``tests.support.redis_server.running_redis`` (as the tests do): PostgreSQL
+(as the ``postgres`` user when run as root) and Redis listen on Unix sockets
+only, PostgreSQL with ``fsync=off`` and Redis without persistence, so their
+figures are a lower bound: no network, and commits that do not wait for a disk.
+``--skip-shared`` leaves them out; without ``initdb``/``postgres`` or
+``redis-server`` installed the targets needing them are skipped, saying why.
 
 LiteLLM (``--skip-litellm`` leaves it out; a failed install skips it, saying why):
 
@@ -62,18 +82,27 @@ CPU/req
     worker's apart, LiteLLM's proxy process alone, the fake upstream's.  It
     depends far less than latency on other load on the machine, so it is the
     steadier measure of added work (resolution: a 10 ms clock tick per phase).
+store CPU/req
+    for the shared-store targets, the CPU time their own PostgreSQL server
+    (postmaster and backends) and Redis server used during the phase, per
+    successful request.  SQLite and the in-memory counters work inside the
+    gateway's front process, so their share is in its CPU/req.
 
 How to read it: p50/p99 are over all rounds' successful requests; requests/s
 and CPU/req are medians of the rounds.  ``gateway added p50`` is p50(with
 keys) - p50(auth off): the cost of authentication and per-key policy, ideally
-read on the 1-client line (``added CPU`` says the same in CPU time).  ``LiteLLM
-added p50`` is p50(LiteLLM) - p50(direct): the proxy's whole cost, since its
-upstream answers at once.  Absolute gateway figures include a real (tiny)
-model and are not comparable with the fake upstream's; the added figures and
-the front-process CPU are.  Errors are non-200 answers (a 429 would mean the
-bench's limits are wrong) and failed requests, counted and shown.  Every
-server first gets unmeasured warm-up requests (at least 20, one per key).
-Nothing is asserted: these are measurements of this machine at this moment,
+read on the 1-client line (``added CPU`` says the same in CPU time).  For the
+shared-store targets, ``gateway + stores added CPU`` adds their store CPU/req
+(what a request costs the machine, not only the gateway), and the ratios
+``... / 10 keys (SQLite)`` divide their added figures by those of ``gateway,
+10 keys`` (shown where the latter is positive).  ``LiteLLM added p50`` is
+p50(LiteLLM) - p50(direct): the proxy's whole cost, since its upstream answers
+at once.  Absolute gateway figures include a real (tiny) model and are not
+comparable with the fake upstream's; the added figures and the front-process
+CPU are.  Errors are non-200 answers (a 429 would mean the bench's limits are
+wrong, a 503 a store that failed) and failed requests, counted and shown.
+Every server first gets unmeasured warm-up requests (at least 20, one per
+key).  Nothing is asserted: these are measurements of this machine at this moment,
 and the load average printed at the end says how busy it was.
 """
 
@@ -130,6 +159,8 @@ BULK_AFTER_S = 60.0  # create keys one by one unless that would take longer than
 AUTH_OFF = "gateway, auth off"
 KEYS_10 = "gateway, 10 keys"
 KEYS_10K = "gateway, 10000 keys"
+PG_10 = "gateway, 10 keys, PostgreSQL"
+SHARED_10 = "gateway, 10 keys, PostgreSQL + Redis"
 DIRECT = "direct (fake upstream)"
 LITELLM = "LiteLLM proxy"
 
@@ -144,6 +175,7 @@ class Target:
     log: Path
     pid: int  # the server process: its CPU time and its children's is the server's
     keys: list[str] = field(default_factory=list)  # bearer tokens, round-robin; [] = none
+    store_pids: tuple[int, ...] = ()  # its own PostgreSQL / Redis servers (process trees)
 
 
 @dataclass
@@ -158,6 +190,7 @@ class Phase:
     examples: list[str]  # the first few error answers
     cpu_s: float  # CPU time the server process used meanwhile
     children_cpu_s: float  # and its child processes (the gateway's model worker)
+    store_cpu_s: float | None  # and its own store servers' processes; None: it has none
     unmeasured: int = 0  # successful requests in the phase that were not timed
 
     @property
@@ -177,6 +210,13 @@ class Phase:
     def children_cpu_ms(self) -> float | None:
         """Child-process CPU milliseconds per successful request."""
         return self.children_cpu_s * 1000 / self.served if self.served else None
+
+    @property
+    def store_cpu_ms(self) -> float | None:
+        """Store-server CPU milliseconds per successful request (``None``: no servers)."""
+        if self.store_cpu_s is None or not self.served:
+            return None
+        return self.store_cpu_s * 1000 / self.served
 
 
 @dataclass
@@ -202,6 +242,18 @@ def cpu_seconds(pid: int) -> float:
 def tree_cpu_seconds(pid: int) -> tuple[float, float]:
     """CPU seconds so far of ``pid`` itself, and of its live descendants together."""
     return cpu_seconds(pid), sum(cpu_seconds(child) for child, _ in descendants(pid))
+
+
+Cpu = tuple[float, float, float | None]  # front process, its children, its store servers
+
+
+def target_cpu_seconds(target: Target) -> Cpu:
+    """CPU seconds so far of the target's server, its children, and its store servers'
+    process trees together (``None`` when it has none)."""
+    stores = None
+    if target.store_pids:
+        stores = sum(sum(tree_cpu_seconds(pid)) for pid in target.store_pids)
+    return (*tree_cpu_seconds(target.pid), stores)
 
 
 def request_body(model: str) -> dict[str, Any]:
@@ -256,7 +308,7 @@ class Recorder:
         if len(self.examples) < 3:
             self.examples.append(example)
 
-    def phase(self, clients: int, requests: int, seconds: float, cpu: tuple[float, float]) -> Phase:
+    def phase(self, clients: int, requests: int, seconds: float, cpu: Cpu) -> Phase:
         if self.sent < requests:
             self.errors["not sent (phase time limit)"] += requests - self.sent
         return Phase(
@@ -271,8 +323,10 @@ class Recorder:
         )
 
 
-def cpu_delta(before: tuple[float, float], after: tuple[float, float]) -> tuple[float, float]:
-    return after[0] - before[0], max(0.0, after[1] - before[1])  # a child may have ended
+def cpu_delta(before: Cpu, after: Cpu) -> Cpu:
+    # A child (a worker, a PostgreSQL backend) may have ended meanwhile: never below 0.
+    stores = None if after[2] is None or before[2] is None else max(0.0, after[2] - before[2])
+    return after[0] - before[0], max(0.0, after[1] - before[1]), stores
 
 
 def new_client(clients: int, request_timeout: float) -> httpx.AsyncClient:
@@ -295,12 +349,12 @@ async def _run_phase(
         # Open every connection first (unmeasured), then measure.
         await asyncio.gather(*(recorder.send(i) for i in range(clients)))
         recorder.reset()
-        cpu_before = tree_cpu_seconds(target.pid)
+        cpu_before = target_cpu_seconds(target)
         started = time.perf_counter()
         deadline = time.monotonic() + budget_s
         await asyncio.gather(*(client_loop(deadline) for _ in range(clients)))
         seconds = time.perf_counter() - started
-        cpu = cpu_delta(cpu_before, tree_cpu_seconds(target.pid))
+        cpu = cpu_delta(cpu_before, target_cpu_seconds(target))
     return recorder.phase(clients, requests, seconds, cpu)
 
 
@@ -322,7 +376,7 @@ async def _run_interleaved(
         for recorder in recorders:  # open the connections (unmeasured)
             await recorder.send(0)
             recorder.reset()
-        cpu_before = [tree_cpu_seconds(t.pid) for t in targets]
+        cpu_before = [target_cpu_seconds(t) for t in targets]
         deadline = time.monotonic() + budget_s
         for block, first in enumerate(range(0, requests, BLOCK)):
             shift = block % len(recorders)
@@ -332,7 +386,7 @@ async def _run_interleaved(
                     if time.monotonic() > deadline:
                         break
                     await recorder.send(i)
-        cpu_after = [tree_cpu_seconds(t.pid) for t in targets]
+        cpu_after = [target_cpu_seconds(t) for t in targets]
     return [
         r.phase(1, requests, r.busy, cpu_delta(before, after))
         for r, before, after in zip(recorders, cpu_before, cpu_after, strict=True)
@@ -342,10 +396,11 @@ async def _run_interleaved(
 def report_phase(target: Target, phase: Phase, label: str) -> None:
     p50, p99 = percentile(phase.latencies, 50), percentile(phase.latencies, 99)
     bad = sum(phase.errors.values())
+    stores = "" if phase.store_cpu_s is None else f" (stores {num(phase.store_cpu_ms)})"
     progress(
-        f"  {label:<10} {target.name:<22} {phase.clients:>3} clients: {phase.rps:8.1f} req/s, "
+        f"  {label:<10} {target.name:<36} {phase.clients:>3} clients: {phase.rps:8.1f} req/s, "
         f"p50 {ms(p50)} ms, p99 {ms(p99)} ms, CPU {num(phase.cpu_ms)}"
-        f"+{num(phase.children_cpu_ms)} ms/req, {bad} errors"
+        f"+{num(phase.children_cpu_ms)}{stores} ms/req, {bad} errors"
     )
     for example in phase.examples:
         progress(f"    error: {example}")
@@ -416,14 +471,17 @@ def measure(
 # --------------------------------------------------------------------------- gateways
 
 
-def gateway_env(auth: bool) -> dict[str, str]:
+def gateway_env(auth: bool, stores: dict[str, str]) -> dict[str, str]:
+    """The gateway's environment: ``stores`` names the shared stores (``GATEWAY_*_URL``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env.update(
         {
             "GATEWAY_MODELS_DEFAULT": TINY,
             "GATEWAY_AUTH_ENABLED": "true" if auth else "false",  # off: loopback only
             "GATEWAY_ENGINE_SPARE_WORKER": "false",
+            "GATEWAY_ENGINE_QUEUE_PER_KEY": "1000",  # never reached, as bench_limits()
             "PYTHONUNBUFFERED": "1",
+            **stores,
         }
     )
     return env
@@ -447,13 +505,24 @@ def bench_limits() -> Any:
     return Limits(requests_per_minute=10**6, tokens_per_minute=10**9, max_concurrent=1000)
 
 
-def create_ten_keys(data_dir: Path) -> list[str]:
+def import_from_repo() -> None:
+    """Make the repository's packages (``tests.support``, ``accounts``) importable."""
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
+
+
+def create_ten_keys(data_dir: Path, accounts_url: str = "") -> list[str]:
+    """10 keys in the data dir's SQLite store, or in the PostgreSQL at ``accounts_url``."""
+    import_from_repo()
     from tests.support.server import create_key
 
     limits = bench_limits()
-    return [create_key(data_dir, f"bench-{i}", scopes=("infer",), limits=limits) for i in range(10)]
+    return [
+        create_key(
+            data_dir, f"bench-{i}", scopes=("infer",), limits=limits, accounts_url=accounts_url
+        )
+        for i in range(10)
+    ]
 
 
 def bulk_insert(store: Any, count: int, limits: Any, now: float) -> list[str]:
@@ -517,41 +586,140 @@ def create_many_keys(data_dir: Path, count: int) -> tuple[list[str], dict[str, A
     return keys, {"count": len(keys), "seconds": seconds, "method": method}
 
 
+def shared_stores_missing(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """Why PostgreSQL, and why Redis, cannot serve the bench here (``None``: they can)."""
+    if args.skip_shared:
+        return "--skip-shared", "--skip-shared"
+    import_from_repo()
+    try:
+        from tests.support.postgres import find_bindir
+        from tests.support.redis_server import find_redis_server
+    except ImportError as exc:  # psycopg or pytest missing
+        return (f"cannot import the test helpers ({exc})",) * 2
+    postgres_missing = redis_missing = None
+    if find_bindir() is None:
+        postgres_missing = (
+            "PostgreSQL is not installed (no initdb and postgres; Debian: apt-get install "
+            "postgresql)"
+        )
+    elif os.geteuid() == 0:
+        import pwd
+
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            postgres_missing = "PostgreSQL refuses to run as root, and there is no postgres user"
+    if find_redis_server() is None:
+        redis_missing = (
+            "Redis is not installed (no redis-server; Debian: apt-get install redis-server)"
+        )
+    return postgres_missing, redis_missing
+
+
+@dataclass
+class Plan:
+    """A gateway to start."""
+
+    name: str
+    keys: list[str]
+    data_dir: Path
+    auth: bool = True
+    stores: dict[str, str] = field(default_factory=dict)  # GATEWAY_ACCOUNTS_URL, ..._COUNTERS_URL
+    store_pids: tuple[int, ...] = ()
+
+
+def start_shared_stores(
+    stack: ExitStack, with_redis: bool, info: dict[str, Any]
+) -> tuple[dict[str, str], tuple[int, ...]]:
+    """A fresh PostgreSQL database (and Redis) on servers of their own, stopped with
+    ``stack``: the gateway's settings naming them, and the servers' PIDs."""
+    import psycopg
+    import redis
+
+    from tests.support.postgres import running_postgres
+    from tests.support.redis_server import running_redis
+
+    postgres = stack.enter_context(running_postgres())
+    url = postgres.create_database("bench")
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+        info["stores"]["postgresql"] = row[0] if row else "?"
+    # The postmaster's PID heads its socket's lock file; the backends are its children.
+    lock = postgres.socket_dir / f".s.PGSQL.{postgres.port}.lock"
+    stores = {"GATEWAY_ACCOUNTS_URL": url}
+    pids = [int(lock.read_text().split()[0])]
+    if with_redis:
+        server = stack.enter_context(running_redis())
+        client = redis.Redis.from_url(server.url)
+        try:
+            about = client.info("server")
+        finally:
+            client.close()
+        info["stores"]["redis"] = str(about["redis_version"])
+        stores["GATEWAY_COUNTERS_URL"] = server.url
+        pids.append(int(about["process_id"]))
+    return stores, tuple(pids)
+
+
+def shared_plans(
+    stack: ExitStack, root: Path, args: argparse.Namespace, info: dict[str, Any]
+) -> list[Plan]:
+    """The shared-store gateways, their servers started on ``stack`` (each its own); the
+    ones that cannot run are noted and left out."""
+    postgres_missing, redis_missing = shared_stores_missing(args)
+    plans = []
+    for name, with_redis in ((PG_10, False), (SHARED_10, True)):
+        missing = postgres_missing or (redis_missing if with_redis else None)
+        if missing is None:
+            progress(f"starting PostgreSQL{' and Redis' if with_redis else ''} for {name}")
+            try:
+                stores, pids = start_shared_stores(stack, with_redis, info)
+            except Exception as exc:  # a server that did not start: skip, saying why
+                missing = f"its stores did not start: {type(exc).__name__}: {exc}"
+        if missing is not None:
+            progress(f"{name} skipped: {missing}")
+            info["notes"].append(f"{name} skipped: {missing}")
+            continue
+        data_dir = root / f"data-{'pg-redis' if with_redis else 'pg'}"
+        progress(f"creating 10 keys in PostgreSQL for {name}")
+        keys = create_ten_keys(data_dir, stores["GATEWAY_ACCOUNTS_URL"])
+        plans.append(Plan(name, keys, data_dir, stores=stores, store_pids=pids))
+    return plans
+
+
 @contextmanager
-def gateways(
-    root: Path, args: argparse.Namespace, key_info: dict[str, Any]
-) -> Iterator[list[Target]]:
-    """The three gateway configurations, started one after the other, stopped at exit."""
+def gateways(root: Path, args: argparse.Namespace, info: dict[str, Any]) -> Iterator[list[Target]]:
+    """The gateway configurations, started one after the other, stopped at exit (then
+    the shared stores' servers)."""
     model_dir = build_tiny_model(root)
     rng = random.Random(args.seed)
-    plans: list[tuple[str, bool, list[str]]] = [(AUTH_OFF, False, [])]
-    data_10 = root / "data-10"
-    progress("creating 10 keys")
-    plans.append((KEYS_10, True, create_ten_keys(data_10)))
-    progress(f"creating {args.many_keys} keys")
-    many, key_info["creation"] = create_many_keys(root / "data-many", args.many_keys)
-    plans.append((KEYS_10K, True, rng.sample(many, min(100, len(many)))))
-    data_dirs = {AUTH_OFF: root / "data-off", KEYS_10: data_10, KEYS_10K: root / "data-many"}
-    targets = []
     with ExitStack() as stack:
-        for name, auth, keys in plans:
+        plans = [Plan(AUTH_OFF, [], root / "data-off", auth=False)]
+        progress("creating 10 keys")
+        plans.append(Plan(KEYS_10, create_ten_keys(root / "data-10"), root / "data-10"))
+        progress(f"creating {args.many_keys} keys")
+        many, info["creation"] = create_many_keys(root / "data-many", args.many_keys)
+        plans.append(Plan(KEYS_10K, rng.sample(many, min(100, len(many))), root / "data-many"))
+        plans += shared_plans(stack, root, args, info)
+        targets = []
+        for plan in plans:
             port = free_port()
-            log = root / f"{name.replace(', ', '-').replace(' ', '_')}.log"
-            progress(f"starting {name} on 127.0.0.1:{port}")
+            log = root / f"{plan.name.replace(', ', '-').replace(' ', '_')}.log"
+            progress(f"starting {plan.name} on 127.0.0.1:{port}")
             proc = stack.enter_context(
                 running_server(
-                    name,
-                    gateway_cmd(model_dir, port, data_dirs[name]),
-                    gateway_env(auth),
+                    plan.name,
+                    gateway_cmd(model_dir, port, plan.data_dir),
+                    gateway_env(plan.auth, plan.stores),
                     f"http://127.0.0.1:{port}/ready",
                     log,
                     args.start_timeout,
                 )
             )
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
-            targets.append(Target(name, url, TINY, log, proc.pid, keys))
+            targets.append(Target(plan.name, url, TINY, log, proc.pid, plan.keys, plan.store_pids))
         yield targets
-        progress("stopping the gateways")
+        progress("stopping the gateways (and the shared stores' servers)")
 
 
 # --------------------------------------------------------------------------- LiteLLM
@@ -737,6 +905,7 @@ def summarize_phases(phases: list[Phase]) -> dict[str, Any]:
         "cpu_ms_per_request": median_of([p.cpu_ms for p in phases]),
         "cpu_ms_per_request_rounds": [p.cpu_ms for p in phases],
         "children_cpu_ms_per_request": median_of([p.children_cpu_ms for p in phases]),
+        "store_cpu_ms_per_request": median_of([p.store_cpu_ms for p in phases]),
         "errors": dict(errors),
         "error_examples": [e for p in phases for e in p.examples][:5],
     }
@@ -759,6 +928,15 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
 
+def added_ratio(a: float | None, b: float | None) -> float | None:
+    """``a / b`` of two added figures, where ``b`` is one (positive): else ``None``."""
+    return None if a is None or b is None or b <= 0 else a / b
+
+
+def total(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a + b
+
+
 def summarize(figures: dict[str, Figures]) -> dict[str, Any]:
     rows = {
         name: {"1 client": summarize_phases(f.single), "loaded": summarize_phases(f.loaded)}
@@ -768,16 +946,47 @@ def summarize(figures: dict[str, Figures]) -> dict[str, Any]:
     def fig(name: str, kind: str, what: str) -> float | None:
         return rows[name][kind][what] if name in rows else None
 
+    def added(name: str, kind: str, what: str) -> float | None:
+        return diff(fig(name, kind, what), fig(AUTH_OFF, kind, what))
+
+    def added_with_stores(name: str, kind: str) -> float | None:
+        stores = fig(name, kind, "store_cpu_ms_per_request")
+        return total(added(name, kind, "cpu_ms_per_request"), stores)
+
     comparisons: dict[str, float | None] = {}
-    for name, label in ((KEYS_10, "10 keys"), (KEYS_10K, "10000 keys")):
+    for name in (KEYS_10, KEYS_10K, PG_10, SHARED_10):
+        if name not in rows:
+            continue
+        label = name.removeprefix("gateway, ")
         for kind in ("1 client", "loaded"):
-            comparisons[f"gateway added p50 ms, {label} vs auth off, {kind}"] = diff(
-                fig(name, kind, "p50_ms"), fig(AUTH_OFF, kind, "p50_ms")
+            comparisons[f"gateway added p50 ms, {label} vs auth off, {kind}"] = added(
+                name, kind, "p50_ms"
             )
         for kind in ("1 client", "loaded"):
-            comparisons[f"gateway added CPU ms/req, {label} vs auth off, {kind}"] = diff(
-                fig(name, kind, "cpu_ms_per_request"), fig(AUTH_OFF, kind, "cpu_ms_per_request")
+            comparisons[f"gateway added CPU ms/req, {label} vs auth off, {kind}"] = added(
+                name, kind, "cpu_ms_per_request"
             )
+        if name in (PG_10, SHARED_10):
+            for kind in ("1 client", "loaded"):
+                comparisons[f"store servers' CPU ms/req, {label}, {kind}"] = fig(
+                    name, kind, "store_cpu_ms_per_request"
+                )
+            for kind in ("1 client", "loaded"):
+                comparisons[f"gateway + stores added CPU ms/req, {label} vs auth off, {kind}"] = (
+                    added_with_stores(name, kind)
+                )
+            for kind in ("1 client", "loaded"):
+                vs_sqlite = f"{label} / 10 keys (SQLite)"
+                comparisons[f"{vs_sqlite}: added p50 ratio, {kind}"] = added_ratio(
+                    added(name, kind, "p50_ms"), added(KEYS_10, kind, "p50_ms")
+                )
+                comparisons[f"{vs_sqlite}: added CPU ratio, {kind}"] = added_ratio(
+                    added(name, kind, "cpu_ms_per_request"),
+                    added(KEYS_10, kind, "cpu_ms_per_request"),
+                )
+                comparisons[f"{vs_sqlite}: added CPU ratio with stores, {kind}"] = added_ratio(
+                    added_with_stores(name, kind), added(KEYS_10, kind, "cpu_ms_per_request")
+                )
         comparisons[f"gateway req/s ratio, {label} / auth off"] = ratio(
             fig(name, "loaded", "rps"), fig(AUTH_OFF, "loaded", "rps")
         )
@@ -808,7 +1017,7 @@ def num(value: float | None, digits: int = 2, signed: bool = False) -> str:
 
 
 COLUMNS = (  # (title, unit, width)
-    ("configuration", "", 24),
+    ("configuration", "", 38),
     ("1 client p50", "ms", 13),
     ("p99", "ms", 8),
     ("CPU/req", "ms", 9),
@@ -817,6 +1026,7 @@ COLUMNS = (  # (title, unit, width)
     ("p99", "ms", 9),
     ("CPU/req", "ms", 9),
     ("worker CPU", "ms/req", 12),
+    ("store CPU", "ms/req", 11),
     ("errors", "", 8),
 )
 
@@ -832,7 +1042,8 @@ def print_report(summary: dict[str, Any], args: argparse.Namespace, notes: list[
     print(
         "p50/p99 over all rounds; req/s and CPU/req medians of the rounds; CPU/req is the "
         "server process's\n(the gateway's front process, LiteLLM's proxy, the fake upstream), "
-        "worker CPU the gateway's model worker's"
+        "worker CPU the gateway's model worker's,\nstore CPU its own PostgreSQL and Redis "
+        "servers' (the loaded phase)"
     )
     widths = [w for _, _, w in COLUMNS]
     print("".join(f"{t:<{w}}" if i == 0 else f"{t:>{w}}" for i, (t, _, w) in enumerate(COLUMNS)))
@@ -852,6 +1063,7 @@ def print_report(summary: dict[str, Any], args: argparse.Namespace, notes: list[
             num(loaded["p99_ms"]),
             num(loaded["cpu_ms_per_request"]),
             num(worker),
+            num(loaded["store_cpu_ms_per_request"]),
             str(errors),
         ]
         print(
@@ -862,9 +1074,9 @@ def print_report(summary: dict[str, Any], args: argparse.Namespace, notes: list[
         )
     print()
     for name, value in summary["comparisons"].items():
-        signed = " added " in name
+        signed = " added " in name and "ratio" not in name
         digits = 1 if name == "LiteLLM req/s" else 2
-        print(f"  {name:<66}{num(value, digits, signed):>9}")
+        print(f"  {name:<86}{num(value, digits, signed):>9}")
     for name, row in rows.items():
         for kind in ("1 client", "loaded"):
             if row[kind]["errors"]:
@@ -875,14 +1087,16 @@ def print_report(summary: dict[str, Any], args: argparse.Namespace, notes: list[
         print(f"\nnote: {note}")
 
 
-def versions(litellm: str | None) -> dict[str, str]:
+def versions(litellm: str | None, stores: dict[str, str]) -> dict[str, str]:
     found = {"python": platform.python_version(), "platform": platform.platform()}
-    for package in ("mlx-gateway", "litestar", "uvicorn", "httpx", "mlx"):
+    for package in ("mlx-gateway", "litestar", "uvicorn", "httpx", "mlx", "psycopg", "redis"):
         try:
             found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             found[package] = "not installed"
     found["litellm"] = litellm or "not measured"
+    found["postgresql server"] = stores.get("postgresql", "not measured")
+    found["redis server"] = stores.get("redis", "not measured")
     return found
 
 
@@ -906,6 +1120,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--rounds", type=int, default=3, help="measuring rounds")
     parser.add_argument("--many-keys", type=int, default=10_000, help="keys in the big store")
+    parser.add_argument(
+        "--skip-shared",
+        action="store_true",
+        help="leave out the gateways on PostgreSQL (and Redis)",
+    )
     parser.add_argument("--skip-litellm", action="store_true", help="leave LiteLLM out")
     parser.add_argument("--skip-gateway", action="store_true", help="measure LiteLLM only")
     parser.add_argument(
@@ -945,7 +1164,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def bench(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     """Measure the gateways, then LiteLLM; every server is stopped whatever happens."""
     figures: dict[str, Figures] = {}
-    info: dict[str, Any] = {"notes": [], "litellm": None, "load": [load_average()]}
+    info: dict[str, Any] = {"notes": [], "litellm": None, "stores": {}, "load": [load_average()]}
     with tempfile.TemporaryDirectory(prefix="bench-policy-") as tmp:
         root = Path(tmp)
         if args.skip_gateway:
@@ -1006,7 +1225,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         document = {
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "versions": versions(info["litellm"]),
+            "versions": versions(info["litellm"], info["stores"]),
             "key_creation": info.get("creation"),
             "notes": info["notes"],
             **summary,

@@ -177,7 +177,7 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
         forward = connection.headers.get(FORWARD_HEADER)
         if forward is not None and ctx.cluster is not None:
             # Another gateway of the cluster admitted this request and signed it.
-            forwarded = await ctx.cluster.accept(forward)
+            forwarded = await ctx.cluster.accept(forward, connection.url.path)
             if forwarded is None:
                 raise AuthenticationFailed("Invalid forwarded request.")
             connection.scope.setdefault("state", {})["forwarded"] = forwarded

@@ -14,10 +14,11 @@ Forwarding.  A request for a model this gateway has not loaded (nor is loading),
 that a live peer has ready, is admitted here, every check and limit applied and
 counted once, as for a loaded model, then sent to the least queued such peer
 with the ``X-Gateway-Forward`` header in place of the caller's credential: the
-principal (key id, name, scopes, models), the token hold to settle, an expiry
-and a nonce, signed with HMAC-SHA256 under ``cluster.secret``.  The peer
-verifies the signature, the expiry (``FORWARD_TTL_S``) and that the nonce is new
-(``SET NX`` in Redis: a captured header cannot be replayed), then serves the
+principal (key id, name, its ``infer``/``load`` scopes, models), the token hold
+to settle, the route and a digest of the body, an expiry and a nonce, signed with
+HMAC-SHA256 under ``cluster.secret``.  The peer verifies the signature, the route
+and body, the expiry (``FORWARD_TTL_S``) and that the nonce is new (``SET NX`` in
+Redis: a captured header cannot be replayed nor put on another request), then serves the
 request without deciding again, never loads for it, records its usage in the
 shared ledger and settles the entry's hold.  The entry passes the peer's status,
 headers and body through unchanged and releases its concurrency slot at the end.
@@ -64,6 +65,8 @@ class Forwarded:
     principal: Principal
     hold: str  # the entry's ``TokenHold.ref`` ("" when it held no tokens)
     max_tokens: int  # the completion ceiling the key's limits afford, as the entry decided
+    path: str = ""  # the route it was signed for
+    body_sha256: str = ""  # and the body
 
 
 @dataclass
@@ -82,21 +85,41 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def sign(secret: str, principal: Principal, hold: str, max_tokens: int, now: float) -> str:
-    """The header value: ``<payload>.<signature>``, both base64url."""
+FORWARDED_SCOPES = frozenset({"infer", "load"})
+"""What a forwarded principal keeps: a forward never carries ``admin`` or ``download``."""
+
+
+def body_digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def sign(
+    secret: str,
+    principal: Principal,
+    hold: str,
+    max_tokens: int,
+    now: float,
+    *,
+    path: str = "",
+    body: bytes = b"",
+) -> str:
+    """The header value: ``<payload>.<signature>``, both base64url; it names the route
+    and the body it was signed for."""
     payload = {
         "k": principal.key_id,
         "n": principal.name,
-        "s": sorted(principal.scopes),
+        "s": sorted(principal.scopes & FORWARDED_SCOPES),
+        "p": path,
+        "d": body_digest(body),
         "m": list(principal.models),
         "h": hold,
         "t": max_tokens,
         "e": now + FORWARD_TTL_S,
         "r": secrets.token_hex(16),
     }
-    body = _b64(json.dumps(payload, separators=(",", ":")).encode())
-    mac = hmac.new(secret.encode(), body.encode(), hashlib.sha256).digest()
-    return f"{body}.{_b64(mac)}"
+    signed = _b64(json.dumps(payload, separators=(",", ":")).encode())
+    mac = hmac.new(secret.encode(), signed.encode(), hashlib.sha256).digest()
+    return f"{signed}.{_b64(mac)}"
 
 
 def verify(secret: str, value: str, now: float) -> tuple[Forwarded, str] | None:
@@ -112,16 +135,17 @@ def verify(secret: str, value: str, now: float) -> tuple[Forwarded, str] | None:
         principal = Principal(
             key_id=str(payload["k"]),
             name=str(payload["n"]),
-            scopes=frozenset(s for s in payload["s"] if s in SCOPES),
+            scopes=frozenset(s for s in payload["s"] if s in SCOPES and s in FORWARDED_SCOPES),
             models=tuple(str(m) for m in payload["m"]),
             limits=Limits(),  # decided at the entry; the peer counts nothing
         )
         hold, max_tokens = str(payload["h"]), int(payload["t"])
+        path, digest = str(payload["p"]), str(payload["d"])
     except (ValueError, KeyError, TypeError):
         return None
     if not now < expires <= now + FORWARD_TTL_S + 5:
         return None
-    return Forwarded(principal, hold, max_tokens), nonce
+    return Forwarded(principal, hold, max_tokens, path, digest), nonce
 
 
 @dataclass
@@ -212,12 +236,13 @@ class Cluster:
         live = [p for p in self.peers.values() if p.at > oldest and model_id in p.models]
         return min(live, key=lambda p: p.models[model_id], default=None)
 
-    async def accept(self, value: str) -> Forwarded | None:
-        """A verified, fresh, never-seen forward header, else ``None``."""
+    async def accept(self, value: str, path: str) -> Forwarded | None:
+        """A verified, fresh, never-seen forward header signed for ``path``, else
+        ``None`` (the body is checked against it by ``gateway.pipeline``)."""
         if not self.secret:
             return None
         verified = verify(self.secret, value, time.time())
-        if verified is None or self._redis is None:
+        if verified is None or self._redis is None or verified[0].path != path:
             return None
         forwarded, nonce = verified
         try:

@@ -60,15 +60,18 @@ async def forward(
     ctx: AppContext = request.app.state.ctx
     cluster = ctx.cluster
     assert cluster is not None and admission.hold is not None
-    hold, ceiling = admission.hold.ref, admission.max_tokens
-    header = sign(cluster.secret, admission.principal, hold, ceiling, time.time())
+    hold, ceiling, body = admission.hold.ref, admission.max_tokens, await request.body()
+    path = request.url.path
+    header = sign(
+        cluster.secret, admission.principal, hold, ceiling, time.time(), path=path, body=body
+    )
     try:
         response = await cluster.send(
             peer,
             request.method,
-            request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+            path + (f"?{request.url.query}" if request.url.query else ""),
             list(request.headers.items()),
-            await request.body(),
+            body,
             header,
         )
     except (httpx.HTTPError, OSError) as exc:

@@ -17,6 +17,7 @@ be allowed the model, so a caller cannot mint label values.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -33,9 +34,10 @@ from engine.store import ModelSpec
 from gateway import hub
 from gateway.admission import Admission, decide, is_loaded
 from gateway.auth import principal_of
-from gateway.cluster import Forwarded, Peer
+from gateway.cluster import Forwarded, Peer, body_digest
 from gateway.context import AppContext
 from gateway.errors import (
+    AuthenticationFailed,
     InvalidRequest,
     ModelNotFound,
     ModelUnavailable,
@@ -494,6 +496,8 @@ async def _admit_forwarded(
     costs nothing), no limit decided or counted again, and never a load for it."""
     ctx = context(request)
     principal = forwarded.principal
+    if not hmac.compare_digest(body_digest(await request.body()), forwarded.body_sha256):
+        raise AuthenticationFailed("Invalid forwarded request.")
     spec = _allowed(ctx, request, principal, ask.model)
     if not spec.on_disk or not is_loaded(ctx, spec.id):
         raise ModelUnavailable(f"{spec.id} is not loaded on this gateway any more; retry.")

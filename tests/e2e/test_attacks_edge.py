@@ -153,7 +153,7 @@ def test_keys_list_still_works_after_an_attempted_infinite_expiry(server):
         cwd=REPO,
         capture_output=True,
         text=True,
-        env={"PATH": "/usr/bin:/bin"},
+        env={"PATH": "/usr/bin:/bin", **server.cli_env},
         timeout=60,
     )
     assert result.returncode == 0, result.stderr

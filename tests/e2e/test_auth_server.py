@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -129,6 +130,7 @@ def test_cli_manages_keys_while_the_server_runs(tiny_models_dir, tmp_path):
             capture_output=True,
             text=True,
             timeout=60,
+            env=os.environ | server.cli_env,
         )
         assert created.returncode == 0, created.stderr
         (key,) = re.findall(r"gw-[0-9a-f]{8}-[A-Za-z0-9_-]+", created.stdout)
@@ -150,6 +152,7 @@ def test_cli_manages_keys_while_the_server_runs(tiny_models_dir, tmp_path):
             capture_output=True,
             text=True,
             timeout=60,
+            env=os.environ | server.cli_env,
         )
         assert revoked.returncode == 0, revoked.stderr
         assert httpx.get(server.base_url + "/v1/models", headers=headers).status_code == 401

@@ -310,31 +310,44 @@ def peer_models(redis_url: str, peer: GatewayServer, prefix: str = "gw:") -> set
 
 def test_a_forged_or_replayed_forward_header_is_refused_and_serves_nothing(nodes):
     b = nodes[1]
-    key = b.create_key("victim")
-    principal = Principal(key_id(key), "victim", frozenset({"infer", "load"}), ("*",), Limits())
-    body = {"model": "tiny-a", "messages": HELLO, "max_tokens": 1}
-    before = requests_recorded(b, key)
-    forged = sign("not-the-cluster-secret-" + "y" * 20, principal, "", 1, time.time())
-    for header in (forged, "garbage", forged.split(".")[0] + ".", ""):
-        refused = httpx.post(
-            b.base_url + "/v1/chat/completions", json=body, headers={"x-gateway-forward": header}
+    key = b.create_key("victim", scopes=("infer", "admin"))
+    principal = Principal(key_id(key), "victim", frozenset({"infer", "admin"}), ("*",), Limits())
+    path = "/v1/chat/completions"
+    body = json.dumps({"model": "tiny-a", "messages": HELLO, "max_tokens": 1}).encode()
+
+    def send(header: str, content: bytes = body, to: str = path) -> httpx.Response:
+        return httpx.post(
+            b.base_url + to,
+            content=content,
+            headers={"x-gateway-forward": header, "content-type": "application/json"},
         )
-        assert refused.status_code == 401, header
+
+    def signed(at: float | None = None, **kw) -> str:
+        fields = {"path": path, "body": body} | kw
+        return sign(SECRET, principal, "", 1, time.time() if at is None else at, **fields)
+
+    before = requests_recorded(b, key)
+    forged = sign("not-the-cluster-secret-" + "y" * 20, principal, "", 1, time.time(), path=path)
+    for header in (forged, "garbage", forged.split(".")[0] + ".", ""):
+        assert send(header).status_code == 401, header
+    # Signed for another route or another body: refused.
+    assert send(signed(path="/v1/completions")).status_code == 401
+    other_body = json.dumps({"model": "tiny-a", "messages": HELLO, "max_tokens": 50}).encode()
+    assert send(signed(), content=other_body).status_code == 401
+    # The admin scope never travels in a forward.
+    admin = send(signed(path="/admin/keys"), content=b"", to="/admin/keys")
+    assert admin.status_code in (401, 403, 405)
+    assert (
+        httpx.get(
+            b.base_url + "/admin/keys", headers={"x-gateway-forward": signed(path="/admin/keys")}
+        ).status_code
+        == 403
+    )
     # A genuine header works once; captured and sent again, it is refused.
-    genuine = sign(SECRET, principal, "", 1, time.time())
-    first = httpx.post(
-        b.base_url + "/v1/chat/completions", json=body, headers={"x-gateway-forward": genuine}
-    )
-    assert first.status_code == 200
-    again = httpx.post(
-        b.base_url + "/v1/chat/completions", json=body, headers={"x-gateway-forward": genuine}
-    )
-    assert again.status_code == 401
-    expired = sign(SECRET, principal, "", 1, time.time() - 3600)
-    late = httpx.post(
-        b.base_url + "/v1/chat/completions", json=body, headers={"x-gateway-forward": expired}
-    )
-    assert late.status_code == 401
+    genuine = signed()
+    assert send(genuine).status_code == 200
+    assert send(genuine).status_code == 401
+    assert send(signed(at=time.time() - 3600)).status_code == 401
     assert requests_recorded(b, key) == before + 1
 
 

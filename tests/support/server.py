@@ -187,6 +187,11 @@ class GatewayServer:
         """A new key in this server's store (the same one the server uses)."""
         return create_key(self.data_dir, name, accounts_url=self.accounts_url, **fields)
 
+    @property
+    def cli_env(self) -> dict[str, str]:
+        """What ``gateway keys`` needs in its environment to open this server's store."""
+        return {"GATEWAY_ACCOUNTS_URL": self.accounts_url} if self.accounts_url else {}
+
     def accounts(self) -> Accounts:
         """This server's key store and ledger, opened here (close it: ``with``)."""
         return open_accounts(self.data_dir, self.accounts_url)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gateway.cluster import FORWARD_TTL_S, sign, verify
+from gateway.cluster import FORWARD_TTL_S, body_digest, sign, verify
 from policies.principal import Limits, Principal
 
 SECRET = "s" * 40
@@ -71,3 +71,20 @@ def test_unknown_scopes_in_a_signed_header_are_dropped():
     odd = Principal("k", "k", frozenset({"infer", "root"}), ("*",), Limits())
     verified = verify(SECRET, sign(SECRET, odd, "", 1, now), now)
     assert verified is not None and verified[0].principal.scopes == {"infer"}
+
+
+def test_the_header_names_its_route_and_body_and_never_carries_admin_or_download():
+    now = time.time()
+    root = Principal("k", "k", frozenset({"infer", "load", "admin", "download"}), ("*",), Limits())
+    header = sign(SECRET, root, "", 1, now, path="/v1/messages", body=b'{"a": 1}')
+    verified = verify(SECRET, header, now)
+    assert verified is not None
+    forwarded = verified[0]
+    assert forwarded.principal.scopes == {"infer", "load"}
+    assert forwarded.path == "/v1/messages"
+    assert forwarded.body_sha256 == body_digest(b'{"a": 1}') != body_digest(b'{"a": 2}')
+
+
+def test_a_header_with_admin_smuggled_into_its_scopes_is_refused():
+    now = time.time()
+    assert verify(SECRET, _tampered(sign(SECRET, ALICE, "", 1, now), s=["admin"]), now) is None
