@@ -341,3 +341,86 @@ def test_nginx_streams_sse_and_enforces_the_body_limit(
         assert "nginx" in response.text
     finally:
         server.stop()
+
+
+def test_nginx_in_front_of_two_gateways_shares_their_limits_and_clears_forward_headers(
+    nginx_binary, tiny_models_dir, tmp_path, run_process, postgres_server
+):
+    """deploy/nginx/mlx-gateway-cluster.conf before two gateways on one PostgreSQL and
+    one Redis: a key's limit counts over both, and a client's forward header never
+    reaches them."""
+    from policies.principal import Limits
+    from tests.support.redis_server import running_redis
+
+    accounts_url = postgres_server.create_database("nginx_cluster")
+    nodes: list[GatewayServer] = []
+    with running_redis() as redis:
+        try:
+            for i in range(2):
+                port = free_port()
+                nodes.append(
+                    GatewayServer(
+                        tiny_models_dir,
+                        tmp_path / f"node{i}",
+                        default_model="tiny-a",
+                        accounts_url=accounts_url,
+                        port=port,
+                        env={
+                            "GATEWAY_COUNTERS_URL": redis.url,
+                            "GATEWAY_CLUSTER_SECRET": "nginx-cluster-secret-" + "z" * 20,
+                            "GATEWAY_CLUSTER_NODE_URL": f"http://127.0.0.1:{port}",
+                            "GATEWAY_ENGINE_SPARE_WORKER": "false",
+                        },
+                    )
+                )
+            conf = tmp_path / "nginx"
+            conf.mkdir()
+            port = free_port()
+            block = (DEPLOY / "nginx" / "mlx-gateway-cluster.conf").read_text()
+            servers = "".join(f"    server 127.0.0.1:{n.port};\n" for n in nodes)
+            lines = [
+                line for line in block.splitlines(keepends=True) if "server 10.0.0." not in line
+            ]
+            block = "".join(lines).replace("    least_conn;\n", "    least_conn;\n" + servers)
+            block = block.replace("listen 8081;", f"listen 127.0.0.1:{port};")
+            (conf / "mlx-gateway.conf").write_text(block)
+            (conf / "nginx.conf").write_text(NGINX_MAIN.format(tmp=conf))
+            test = subprocess.run(
+                [nginx_binary, "-t", "-c", str(conf / "nginx.conf"), "-p", str(conf)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert test.returncode == 0, test.stderr
+            proc = run_process(
+                "nginx", [nginx_binary, "-c", str(conf / "nginx.conf"), "-p", str(conf)], conf
+            )
+            url = f"http://127.0.0.1:{port}"
+
+            def up() -> bool:
+                assert proc.poll() is None, "nginx exited"
+                try:
+                    return httpx.get(url + "/health", timeout=2).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            wait_for(up, 30, "nginx to proxy /health", lambda: "")
+            key = nodes[0].create_key("through-nginx", limits=Limits(requests_per_minute=4))
+            body = {"model": "tiny-a", "messages": HELLO, "max_tokens": 1}
+            # A forward header from a client is cleared by nginx: the key still counts.
+            headers = {"Authorization": f"Bearer {key}", "X-Gateway-Forward": "forged.header"}
+            statuses = [
+                httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=60)
+                for _ in range(8)
+            ]
+            assert [r.status_code for r in statuses].count(200) == 4, [
+                (r.status_code, r.text[:80]) for r in statuses
+            ]
+            assert {r.status_code for r in statuses} == {200, 429}
+            with nodes[0].accounts() as store:
+                rows = store.usage_summary(key_id=key.split("-")[1])
+            assert sum(row["requests"] for row in rows) == 4
+        finally:
+            for node in nodes:
+                node.stop()
+            postgres_server.drop_database("nginx_cluster")
