@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from accounts.errors import StoreUnavailable
 from gateway.cli_keys import add_key_commands
 from gateway.settings import Settings, SettingsError, field_docs, load_settings
 
@@ -257,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"gateway: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    except StoreUnavailable as exc:  # accounts.url or counters.url does not answer
+        print(f"gateway: cannot reach the store of {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -81,3 +81,22 @@ def test_check_config_shows_unset_secrets_as_empty(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "auth.jwt_secret = ''" in result.stdout
     assert "server.metrics_token = ''" in result.stdout
+
+
+def test_serve_and_keys_say_plainly_when_the_shared_store_does_not_answer(tmp_path):
+    url = f"postgresql:///gateway?host={tmp_path}&port=1&user=postgres"
+    env = {"PATH": "/usr/bin:/bin", "GATEWAY_ACCOUNTS_URL": url, "GATEWAY_ACCOUNTS_TIMEOUT": "1"}
+    for command in (["serve", "--port", "1"], ["keys", "list"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", *command, "--data-dir", str(tmp_path / "data")],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert result.returncode == 3, result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("gateway: cannot reach the store of keys and usage"), last
+        assert "Traceback" not in result.stderr
+        assert not (tmp_path / "data" / "gateway.db").exists()  # no silent SQLite fallback
