@@ -501,6 +501,7 @@ async def _admit_forwarded(
     spec = _allowed(ctx, request, principal, ask.model)
     if not spec.on_disk or not is_loaded(ctx, spec.id):
         raise ModelUnavailable(f"{spec.id} is not loaded on this gateway any more; retry.")
+    ask = _residency(ctx, principal, spec, ask)  # the body's keep_alive, within this ceiling
     try:
         async with asyncio.timeout_at(deadline):
             tokens, ask = await _prompt(ctx, spec, ask)

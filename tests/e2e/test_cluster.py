@@ -285,12 +285,32 @@ def test_a_model_loaded_only_on_b_is_served_by_b_through_a_with_one_load(nodes, 
         assert lines[-1] == "data: [DONE]"
         assert json.loads(lines[1][6:])["model"] == "tiny-b"
     assert a.model("tiny-b")["loads"] == 0
+    # keep_alive travels in the body: the serving gateway holds it to its ceiling too,
+    # and a key without `load` may not change it at all.
+    ollama = {"model": "tiny-b", "messages": HELLO, "stream": False, "options": {"num_predict": 1}}
+    longer = post(a, loader, ollama | {"keep_alive": "10h"}, path="/api/chat")
+    assert longer.status_code == 200, longer.text
+    assert 0 < stays_loaded_for(b, "tiny-b") <= 3601  # "10h", lowered to the ceiling
+    forever = post(a, key, ollama | {"keep_alive": -1}, path="/api/chat")
+    assert forever.status_code == 403
+    assert 0 < stays_loaded_for(b, "tiny-b") <= 3601
     # A key not allowed tiny-b gets nothing through a forward either.
     other = a.create_key("only-a", models=("tiny-a",))
     refused = chat(a, other, model="tiny-b")
     assert refused.status_code == 403
     assert refused.json()["error"]["code"] == "model_not_allowed"
     assert requests_recorded(a, other) == 0
+
+
+def stays_loaded_for(node: GatewayServer, model: str) -> float:
+    """Seconds until ``node`` unloads ``model`` once idle (Ollama's ``/api/ps``, exact
+    for an admin key)."""
+    import datetime as dt
+
+    listing = httpx.get(node.base_url + "/api/ps", headers=node.headers, timeout=10).json()
+    (entry,) = [m for m in listing["models"] if m["name"].split(":")[0] == model]
+    expires = dt.datetime.fromisoformat(entry["expires_at"].replace("Z", "+00:00"))
+    return (expires - dt.datetime.now(dt.UTC)).total_seconds()
 
 
 def peer_models(redis_url: str, peer: GatewayServer, prefix: str = "gw:") -> set[str]:
