@@ -307,9 +307,6 @@ class PostgresAccounts:
         rows = self._rows("SELECT * FROM keys WHERE id = %s", key_id)
         return authenticated(rows[0] if rows else None, secret, now)
 
-    async def aauthenticate(self, presented: str, now: float) -> KeyRecord | None:
-        return await asyncio.to_thread(self.authenticate, presented, now)
-
     def get(self, key_id: str) -> KeyRecord | None:
         rows = self._rows("SELECT * FROM keys WHERE id = %s", key_id)
         return record_of(rows[0]) if rows else None
@@ -417,15 +414,6 @@ class PostgresAccounts:
         """Times of ``key_id``'s loads at or after ``since``, oldest first."""
         sql = "SELECT at FROM loads WHERE key_id = %s AND at >= %s ORDER BY at"
         return [float(row["at"]) for row in self._rows(sql, key_id, since)]
-
-    async def atokens_since(self, key_id: str, since: float) -> int:
-        return await asyncio.to_thread(self.tokens_since, key_id, since)
-
-    async def adownload_bytes_since(self, key_id: str, since: float) -> int:
-        return await asyncio.to_thread(self.download_bytes_since, key_id, since)
-
-    async def aloads_since(self, key_id: str, since: float) -> list[float]:
-        return await asyncio.to_thread(self.loads_since, key_id, since)
 
     def usage_summary(
         self, *, key_id: str | None = None, since: float | None = None

@@ -187,9 +187,6 @@ class SQLiteAccounts:
         )
         return authenticated(row, secret, now)
 
-    async def aauthenticate(self, presented: str, now: float) -> KeyRecord | None:
-        return await asyncio.to_thread(self.authenticate, presented, now)
-
     def get(self, key_id: str) -> KeyRecord | None:
         try:
             return self._reads.read(lambda conn: _fetch(conn, key_id))
@@ -315,15 +312,6 @@ class SQLiteAccounts:
         sql = "SELECT at FROM loads WHERE key_id = ? AND at >= ? ORDER BY at"
         rows = self._reads.read(lambda conn: conn.execute(sql, (key_id, since)).fetchall())
         return [float(row[0]) for row in rows]
-
-    async def atokens_since(self, key_id: str, since: float) -> int:
-        return await asyncio.to_thread(self.tokens_since, key_id, since)
-
-    async def adownload_bytes_since(self, key_id: str, since: float) -> int:
-        return await asyncio.to_thread(self.download_bytes_since, key_id, since)
-
-    async def aloads_since(self, key_id: str, since: float) -> list[float]:
-        return await asyncio.to_thread(self.loads_since, key_id, since)
 
     def usage_summary(
         self, *, key_id: str | None = None, since: float | None = None

@@ -118,7 +118,7 @@ def test_a_failed_write_rolls_back_and_the_writer_goes_on(store):
 @pytest.mark.anyio
 async def test_async_usage_is_committed_when_the_await_returns(store, db):
     record, full_key = store.create_key("a", now=T0)
-    assert await store.aauthenticate(full_key, T0) == record
+    assert store.authenticate(full_key, T0) == record
     await asyncio.gather(
         *(store.arecord_usage(record.id, "m", "/r", 1, 2, 200, 3, T0 + i) for i in range(20))
     )
@@ -130,9 +130,9 @@ async def test_async_usage_is_committed_when_the_await_returns(store, db):
         assert conn.execute("SELECT COUNT(*) FROM usage").fetchone() == (20,)
     finally:
         conn.close()
-    assert await store.atokens_since(record.id, 0) == 60
-    assert await store.adownload_bytes_since(record.id, 0) == 100
-    assert await store.aloads_since(record.id, 0) == [T0]
+    assert store.tokens_since(record.id, 0) == 60
+    assert store.download_bytes_since(record.id, 0) == 100
+    assert store.loads_since(record.id, 0) == [T0]
     with pytest.raises(sqlite3.IntegrityError):
         await store.arun_write(lambda conn: conn.execute("INSERT INTO loads DEFAULT VALUES"))
     assert await store.arun_read(lambda conn: conn.execute("SELECT 1").fetchone()[0]) == 1

@@ -377,8 +377,8 @@ def test_closed_store_refuses_work(open_store):
 async def test_async_usage_is_committed_when_the_await_returns(open_store):
     store, other = open_store(), open_store()
     record, full_key = store.create_key("a", now=T0)
-    assert await store.aauthenticate(full_key, T0) == record
-    assert await store.aauthenticate("gw-nonsense", T0) is None
+    assert store.authenticate(full_key, T0) == record
+    assert store.authenticate("gw-nonsense", T0) is None
     await asyncio.gather(
         *(store.arecord_usage(record.id, "m", "/r", 1, 2, 200, 3, T0 + i) for i in range(20))
     )
@@ -386,9 +386,9 @@ async def test_async_usage_is_committed_when_the_await_returns(open_store):
     await store.arecord_load(record.id, "m", T0)
     # Another store (another gateway, say) sees it all at once.
     assert other.usage_summary()[0]["requests"] == 20
-    assert await other.atokens_since(record.id, 0) == 60
-    assert await other.adownload_bytes_since(record.id, 0) == 100
-    assert await other.aloads_since(record.id, 0) == [T0]
+    assert other.tokens_since(record.id, 0) == 60
+    assert other.download_bytes_since(record.id, 0) == 100
+    assert other.loads_since(record.id, 0) == [T0]
 
 
 # -- PostgreSQL: one database shared by several gateways -----------------------------------
