@@ -4,8 +4,8 @@ Requests and tokens of the last minute, model loads of the last hour, and
 requests in flight live here; they are lost on restart by design (a minute's
 window).  Period totals (tokens today, download bytes today) come from the
 usage store when a key is first seen and are then kept up to date here, so a
-restart never forgets a day's quota.  Behind this narrow interface a shared
-store (Redis) can replace the dictionaries for a fleet of gateways.
+restart never forgets a day's quota.  For several gateways,
+``accounts.redis_counters`` gives the same answers from one Redis.
 
 Tokens are *reserved* when a request is admitted (``reserve_tokens``: the
 prompt plus every completion token it may generate) and the reservation is
