@@ -110,6 +110,10 @@ class UsageLedger(Protocol):
         self, *, key_id: str | None = None, since: float | None = None
     ) -> list[dict[str, Any]]: ...
 
+    def usage_by_day(self, *, since: float, key_id: str | None = None) -> list[dict[str, Any]]:
+        """``usage_summary``'s rows per UTC day too (``day``: "YYYY-MM-DD"), oldest first."""
+        ...
+
 
 class TokenHold(Protocol):
     """Tokens held for one request: reserved at admission, settled once at its end

@@ -438,6 +438,22 @@ class PostgresAccounts:
         )
         return [dict(row) for row in self._rows(sql, *params)]
 
+    def usage_by_day(self, *, since: float, key_id: str | None = None) -> list[dict[str, Any]]:
+        """Per UTC day, key and model since ``since``: the columns of ``usage_summary``
+        and ``day`` ("YYYY-MM-DD")."""
+        where = "u.at >= %s" + (" AND u.key_id = %s" if key_id is not None else "")
+        params: list[Any] = [since] + ([key_id] if key_id is not None else [])
+        day = "to_char(to_timestamp(u.at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+        sql = (
+            f"SELECT {day} AS day, u.key_id, k.name, u.model, COUNT(*) AS requests,"
+            " COALESCE(SUM(u.prompt_tokens), 0)::bigint AS prompt_tokens,"
+            " COALESCE(SUM(u.completion_tokens), 0)::bigint AS completion_tokens,"
+            " COUNT(*) FILTER (WHERE u.status >= 400) AS errors"
+            f" FROM usage u LEFT JOIN keys k ON k.id = u.key_id WHERE {where}"
+            " GROUP BY 1, u.key_id, u.model, k.name ORDER BY 1, u.key_id, u.model"
+        )
+        return [dict(row) for row in self._rows(sql, *params)]
+
 
 __all__ = ["MIGRATIONS", "PostgresAccounts", "SchemaError", "migrate"]
 

@@ -337,5 +337,21 @@ class SQLiteAccounts:
         rows = self._reads.read(lambda conn: conn.execute(sql, params).fetchall())
         return [dict(row) for row in rows]
 
+    def usage_by_day(self, *, since: float, key_id: str | None = None) -> list[dict[str, Any]]:
+        """Per UTC day, key and model since ``since``: the columns of ``usage_summary``
+        and ``day`` ("YYYY-MM-DD")."""
+        where = "u.at >= ?" + (" AND u.key_id = ?" if key_id is not None else "")
+        params: list[Any] = [since] + ([key_id] if key_id is not None else [])
+        sql = (
+            "SELECT strftime('%Y-%m-%d', u.at, 'unixepoch') AS day, u.key_id, k.name, u.model,"
+            " COUNT(*) AS requests, TOTAL(u.prompt_tokens) AS prompt_tokens,"
+            " TOTAL(u.completion_tokens) AS completion_tokens, SUM(u.status >= 400) AS errors"
+            f" FROM usage u LEFT JOIN keys k ON k.id = u.key_id WHERE {where}"
+            " GROUP BY day, u.key_id, u.model ORDER BY day, u.key_id, u.model"
+        )
+        rows = self._reads.read(lambda conn: conn.execute(sql, params).fetchall())
+        counts = ("requests", "prompt_tokens", "completion_tokens", "errors")
+        return [{**dict(row), **{c: int(row[c] or 0) for c in counts}} for row in rows]
+
 
 __all__ = ["LIMIT_COLUMNS", "MIGRATIONS", "KeyRecord", "SQLiteAccounts", "ensure_admin_key"]

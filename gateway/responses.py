@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import TypeVar
 
 import msgspec
@@ -18,6 +19,7 @@ from litestar import Request, Response
 from gateway.anthropic_schema import ErrorDetail as AnthropicDetail
 from gateway.anthropic_schema import ErrorResponse as AnthropicError
 from gateway.errors import GatewayError, InvalidRequest
+from gateway.events import Event
 from gateway.http_errors import from_engine, to_gateway_error
 from gateway.observe import record_denial
 from gateway.openai_schema import ErrorBody, ErrorResponse
@@ -94,6 +96,24 @@ def ollama_body(error: GatewayError) -> dict[str, str]:
     return {"error": error.message}
 
 
+def remember(request: Request, error: GatewayError) -> None:
+    """Keep the error among the gateway's recent events (the console shows them)."""
+    ctx = getattr(request.app.state, "ctx", None)
+    if ctx is None:
+        return
+    principal = request.scope.get("user")
+    ctx.events.record(
+        Event(
+            time.time(),
+            getattr(principal, "key_id", None),
+            request.url.path[:200],
+            error.status,
+            error.code,
+            error.message[:300],
+        )
+    )
+
+
 def handle_exception(request: Request, exc: Exception) -> Response[bytes]:
     """Litestar exception handler for every route: Anthropic's shape on its routes,
     OpenAI's everywhere else."""
@@ -102,6 +122,11 @@ def handle_exception(request: Request, exc: Exception) -> Response[bytes]:
         record_denial(error.code)
         request.scope.setdefault("state", {})["denial"] = error.code
     path = request.url.path
+    remember(request, error)
+    if path == "/ui" or path.startswith("/ui/"):
+        from gateway.console.pages import error_page  # the console answers in HTML
+
+        return error_page(request, error)
     if is_ollama(path):
         body: object = ollama_body(error)
     elif is_anthropic(path):

@@ -303,6 +303,21 @@ class ClusterSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ] = 1.0
 
 
+class ConsoleSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    enabled: Annotated[bool, _doc("Serve the browser console at /ui.")] = True
+    session_ttl: Annotated[
+        float,
+        _doc("Seconds a console sign-in lasts; then the key is asked for again.", ge=60, le=86400),
+    ] = 3600.0
+    htmx_file: Annotated[
+        str,
+        _doc(
+            "htmx.min.js for the console's live parts; empty: taken once from the "
+            "django-htmx wheel on PyPI into data_dir/cache (pages work without it)."
+        ),
+    ] = ""
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     data_dir: Annotated[str, _doc("Where the gateway keeps its models, caches and database.")] = (
         "~/.local/share/mlx-gateway"
@@ -315,6 +330,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     accounts: AccountsSettings = AccountsSettings()
     counters: CountersSettings = CountersSettings()
     cluster: ClusterSettings = ClusterSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
     @property
     def data_path(self) -> Path:
@@ -334,6 +350,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "accounts": AccountsSettings,
     "counters": CountersSettings,
     "cluster": ClusterSettings,
+    "console": ConsoleSettings,
 }
 
 

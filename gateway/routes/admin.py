@@ -261,6 +261,12 @@ async def admin_action(request: Request, target: str) -> Response[Any]:
         raise RouteNotFound("No such route: use /admin/models/{id}/load, /unload or /pull.")
     if action == "pull":
         return await pull(ctx, principal_of(request), ctx.resolve_model(model_id))
+    spec = model_action(ctx, model_id, action)
+    return accepted(spec.id, ctx)
+
+
+def model_action(ctx: AppContext, model_id: str, action: str) -> ModelSpec:
+    """Ask the registry to load or unload a catalogue model (the API's and the console's)."""
     spec = known_model(ctx, model_id)
     try:
         if action == "load":
@@ -269,4 +275,4 @@ async def admin_action(request: Request, target: str) -> Response[Any]:
             ctx.registry.request_unload(spec.id)
     except EngineError as exc:
         raise from_engine(exc) from exc
-    return accepted(spec.id, ctx)
+    return spec

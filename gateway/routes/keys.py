@@ -110,14 +110,13 @@ async def write(call: Any) -> Any:
         raise InvalidRequest(str(exc)) from None
 
 
-@post("/admin/keys", status_code=201, guards=[require_admin])
-async def create_key(request: Request) -> Response[dict[str, Any]]:
-    body = decode_body(await request.body(), KeyCreate)
+async def create(store: KeyStore, body: KeyCreate) -> tuple[KeyRecord, str]:
+    """A new key from a validated request (the API's and the console's)."""
     check_scopes(body.scopes)
     now = time.time()
     expires = now + body.expires_in_days * 86400 if body.expires_in_days else None
-    record, key = await write(
-        lambda: store_of(request).create_key(
+    result: tuple[KeyRecord, str] = await write(
+        lambda: store.create_key(
             body.name,
             scopes=body.scopes,
             models=body.models,
@@ -126,6 +125,33 @@ async def create_key(request: Request) -> Response[dict[str, Any]]:
             now=now,
         )
     )
+    return result
+
+
+async def update(store: KeyStore, key_id: str, body: KeyUpdate) -> KeyRecord:
+    if body.scopes is not None:
+        check_scopes(body.scopes)
+    record: KeyRecord = await write(
+        lambda: store.update(
+            key_id, name=body.name, scopes=body.scopes, models=body.models, limits=body.limits
+        )
+    )
+    return record
+
+
+async def revoke(ctx: AppContext, key_id: str) -> KeyRecord:
+    """Revoke a key and end its console sessions (the API refuses it from now on)."""
+    assert ctx.keys is not None
+    keys = ctx.keys
+    record: KeyRecord = await write(lambda: keys.revoke(key_id, time.time()))
+    ctx.sessions.end_key(key_id)
+    return record
+
+
+@post("/admin/keys", status_code=201, guards=[require_admin])
+async def create_key(request: Request) -> Response[dict[str, Any]]:
+    body = decode_body(await request.body(), KeyCreate)
+    record, key = await create(store_of(request), body)
     return Response({"key": key, **msgspec.to_builtins(view(record))}, status_code=201)
 
 
@@ -149,21 +175,12 @@ async def show_key(request: Request, key_id: str) -> dict[str, Any]:
 @patch("/admin/keys/{key_id:str}", guards=[require_admin])
 async def update_key(request: Request, key_id: str) -> KeyView:
     body = decode_body(await request.body(), KeyUpdate)
-    if body.scopes is not None:
-        check_scopes(body.scopes)
-    store = store_of(request)
-    record = await write(
-        lambda: store.update(
-            key_id, name=body.name, scopes=body.scopes, models=body.models, limits=body.limits
-        )
-    )
-    return view(record)
+    return view(await update(store_of(request), key_id, body))
 
 
 @post("/admin/keys/{key_id:str}/revoke", status_code=200, guards=[require_admin])
 async def revoke_key(request: Request, key_id: str) -> KeyView:
-    store = store_of(request)
-    return view(await write(lambda: store.revoke(key_id, time.time())))
+    return view(await revoke(request.app.state.ctx, key_id))
 
 
 @get("/admin/usage", guards=[require_admin])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -17,6 +18,17 @@ from accounts.interfaces import Accounts
 from policies.principal import Limits
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@functools.cache
+def console_htmx() -> str:
+    """htmx for every test server's console, fetched from PyPI once per run (an empty
+    path, so nothing refreshes live, where PyPI cannot be reached)."""
+    from gateway.console.assets import fetch_htmx
+
+    cache = Path(os.environ.get("GATEWAY_TEST_CACHE", REPO / ".cache")) / "downloads"
+    path = fetch_htmx(cache)
+    return str(path) if path is not None else str(cache / "htmx-unavailable.js")
 
 
 def free_port() -> int:
@@ -138,7 +150,11 @@ class GatewayServer:
         self.admin_key = self.create_key("test-admin", scopes=admin) if create_admin else ""
         full_env = (
             {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-            | {"GATEWAY_MODELS_DEFAULT": default_model, "PYTHONUNBUFFERED": "1"}
+            | {
+                "GATEWAY_MODELS_DEFAULT": default_model,
+                "PYTHONUNBUFFERED": "1",
+                "GATEWAY_CONSOLE_HTMX_FILE": console_htmx(),
+            }
             | ({"GATEWAY_ACCOUNTS_URL": self.accounts_url} if self.accounts_url else {})
             | (env or {})
         )
