@@ -147,3 +147,41 @@ def test_form_posted_without_its_csrf_token_is_refused(page: Any, ui_server: Gat
     assert page.get_by_role("heading", level=1).inner_text().startswith("403")
     keys = httpx.get(f"{ui_server.base_url}/admin/keys", headers=ui_server.headers).json()
     assert "forged-by-script" not in [k["name"] for k in keys["data"]]
+
+
+def test_download_progress_updates_live_and_cancel_stops_it(
+    page: Any, hub: Any, tiny_models_dir: Path, tmp_path: Path
+) -> None:
+    from tests.support.downloads import REPO_ID, serve
+
+    hub.bytes_per_second = 40_000  # a tiny model (362 KiB) takes about 9 s
+    server = serve(hub, tmp_path / "dl", tiny_models_dir)
+    try:
+        sign_in(page, server, server.admin_key)
+        page.goto(f"{server.base_url}/ui/downloads")
+        check(page)
+        repo_field = page.get_by_label("Hub repository (org/name)")
+        repo_field.fill("mlx-community/other")
+        page.get_by_role("button", name="Download").click()
+        page.get_by_role("button", name="Cancel mlx-community/other").click()
+        page.locator("#jobs tr", has_text="mlx-community/other").filter(
+            has_text="cancelled"
+        ).wait_for(timeout=30_000)
+        sent = hub.bytes_sent("mlx-community/other")
+        time.sleep(1.0)
+        assert hub.bytes_sent("mlx-community/other") - sent < 40_000  # in-flight at most
+
+        page.get_by_label("Hub repository (org/name)").fill(REPO_ID)
+        page.get_by_role("button", name="Download").click()
+        row = page.locator("#jobs tr", has_text=REPO_ID)
+        assert "downloading" in row.inner_text()
+        first = float(row.locator("progress").get_attribute("value") or 0)
+        # Without reloading, the row moves on as files arrive (htmx polls the table).
+        deadline = time.monotonic() + 60
+        while float(row.locator("progress").get_attribute("value") or 0) <= first:
+            assert time.monotonic() < deadline, "the progress bar never moved"
+            page.wait_for_timeout(200)
+        row.filter(has_text="done").wait_for(timeout=60_000)
+        screenshot(page, "admin-downloads")
+    finally:
+        server.stop()
