@@ -168,16 +168,21 @@ def _nonce() -> str:
     return secrets.token_urlsafe(24)
 
 
-def _login_cookie(request: Request, nonce: str) -> Cookie:
+def console_cookie(request: Request, key: str, value: str, max_age: int) -> Cookie:
+    """A console cookie: HttpOnly, SameSite=Strict, Path=/ui, Secure over TLS."""
     return Cookie(
-        key=LOGIN_COOKIE,
-        value=nonce,
+        key=key,
+        value=value,
         path="/ui",
         httponly=True,
         samesite="strict",
         secure=secure_cookies(request),
-        max_age=900,
+        max_age=max_age,
     )
+
+
+def _login_cookie(request: Request, nonce: str) -> Cookie:
+    return console_cookie(request, LOGIN_COOKIE, nonce, 900)
 
 
 @post("/ui/login", status_code=303)
@@ -200,17 +205,7 @@ async def login(request: Request) -> Response[Any]:
         principal.key_id, credential if ctx.auth.enabled else None, time.time()
     )
     response = Redirect("/ui", status_code=303)
-    response.cookies.append(
-        Cookie(
-            key=COOKIE,
-            value=token,
-            path="/ui",
-            httponly=True,
-            samesite="strict",
-            secure=secure_cookies(request),
-            max_age=int(ctx.sessions.ttl),
-        )
-    )
+    response.cookies.append(console_cookie(request, COOKIE, token, int(ctx.sessions.ttl)))
     response.cookies.append(Cookie(key=LOGIN_COOKIE, value="", path="/ui", max_age=0))
     return response
 
