@@ -120,6 +120,16 @@ def limits_of(form: dict[str, list[str]]) -> dict[str, int | None]:
     return limits
 
 
+def expiry_of(days: str) -> float | None:
+    """The expiry field: empty is never; anything but a number is refused (400)."""
+    if not days:
+        return None
+    try:
+        return float(days)
+    except ValueError:
+        raise InvalidRequest("Expires after: a number of days.", param="expires_in_days") from None
+
+
 def allowlist_of(form: dict[str, list[str]]) -> list[str]:
     return [g for g in field(form, "models", "*").replace(",", " ").split() if g]
 
@@ -145,7 +155,7 @@ async def key_create(request: Request) -> Template:
         "scopes": form.get("scopes", []),
         "models": allowlist_of(form),
         "limits": {k: v for k, v in limits_of(form).items() if v is not None},
-        "expires_in_days": float(days) if days.replace(".", "", 1).isdigit() else None,
+        "expires_in_days": expiry_of(days),
     }
     try:
         create = msgspec.convert(body, key_routes.KeyCreate)

@@ -246,9 +246,13 @@ def test_console_key_form_validates_like_the_api(console_server: GatewayServer) 
         {"name": "bad-limit", "tokens_per_day": "1e99"},
         {"name": "bad-scope", "scopes": "root"},
         {"name": ""},
+        {"name": "bad-expiry", "expires_in_days": "soon"},
+        {"name": "bad-expiry", "expires_in_days": "nan"},
+        {"name": "bad-expiry", "expires_in_days": "inf"},
+        {"name": "bad-expiry", "expires_in_days": "-1"},
     ):
         refused = client.post("/ui/keys", data={"csrf": csrf, **data})
         assert refused.status_code == 400, (data, refused.text[:300])
         check_page(refused.text)
     keys = httpx.get(f"{console_server.base_url}/admin/keys", headers=console_server.headers).json()
-    assert not {"bad-limit", "bad-scope"} & {k["name"] for k in keys["data"]}
+    assert not {"bad-limit", "bad-scope", "bad-expiry"} & {k["name"] for k in keys["data"]}
